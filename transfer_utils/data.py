@@ -1,0 +1,328 @@
+"""Datasets: image folders read with the backbone's own preprocessing, and text datasets.
+
+Images are read defensively: grayscale, CMYK, palette and RGBA files are converted to RGB
+(transparent pixels become white); an unreadable file raises :class:`DataError` naming it.
+
+Example::
+
+    train = ImageFolderDataset(root / "train", transform=prep.eval_transform())
+    small = train.subset(per_class_indices(train.targets, 10, seed=0))
+    texts = load_text_dataset("rotten_tomatoes", offline=True)
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+
+from . import assets
+from .errors import DataError
+
+#: File extensions read as images. ``.gif`` is left out on purpose, as in torchvision's
+#: ``ImageFolder`` (hymenoptera ships an ``imageNotFound.gif`` placeholder).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+
+
+# ----------------------------------------------------------------------------------------------
+# Preprocessing
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The input pipeline a pretrained backbone expects. Its ``repr`` keys feature caches.
+
+    Example::
+
+        prep = Preprocessing(224, 256, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        x = prep.eval_transform()(load_image("ant.jpg"))   # tensor [3, 224, 224]
+    """
+
+    input_size: int
+    resize_size: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def _interp(self) -> T.InterpolationMode:
+        return T.InterpolationMode(self.interpolation)
+
+    def eval_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """Resize the short side, centre-crop, scale to [0, 1], normalise."""
+        return T.Compose([
+            T.Resize(self.resize_size, interpolation=self._interp()),
+            T.CenterCrop(self.input_size),
+            T.ToTensor(),
+            T.Normalize(self.mean, self.std),
+        ])
+
+    def train_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """Random resized crop and horizontal flip, then the same normalisation."""
+        return T.Compose([
+            T.RandomResizedCrop(self.input_size, interpolation=self._interp()),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(self.mean, self.std),
+        ])
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo the normalisation of a ``[..., 3, H, W]`` tensor, for display."""
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x.cpu() * std + mean).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Images
+# ----------------------------------------------------------------------------------------------
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open any image file as RGB. Transparent pixels become white; errors name the file."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                return Image.alpha_composite(background, rgba).convert("RGB")
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(
+            f"cannot decode image {path} ({err}). The file is corrupt or not an image: "
+            "delete or replace it (for a registered dataset, fetch_dataset(name, force=True) "
+            "unpacks a fresh, verified copy)."
+        ) from err
+
+
+def _scan_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder. Expected the layout {root}/<class>/<image>.")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(
+            f"{root} has {len(classes)} class folder(s) ({classes}); a classifier needs at least 2. "
+            f"Put each class's images in its own sub-folder: {root}/<class>/<image>."
+        )
+    samples: list[tuple[Path, int]] = []
+    for label, cls in enumerate(classes):
+        files = sorted(p for p in (root / cls).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise DataError(
+                f"class folder {root / cls} holds no images (extensions {', '.join(IMAGE_EXTENSIONS)}). "
+                "Add images or remove the folder."
+            )
+        samples.extend((f, label) for f in files)
+    return classes, samples
+
+
+class ImageFolderDataset(Dataset[tuple[Any, int]]):
+    """``<root>/<class>/<image>`` images with integer labels in alphabetical class order.
+
+    Unlike a bare ``torchvision.datasets.ImageFolder`` it fails early with a clear message for
+    an empty class folder or fewer than two classes, converts every image mode to RGB, and can
+    be subset without losing its class names.
+
+    Example::
+
+        ds = ImageFolderDataset(root / "train", transform=prep.eval_transform())
+        x, y = ds[0]; print(ds.classes[y])
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        transform: Callable[[Image.Image], Any] | None = None,
+        *,
+        samples: Sequence[tuple[Path, int]] | None = None,
+        classes: Sequence[str] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if samples is None:
+            found_classes, found = _scan_image_folder(self.root)
+            self.classes, self.samples = found_classes, found
+        else:
+            self.classes, self.samples = list(classes or []), list(samples)
+        self.transform = transform
+
+    @property
+    def targets(self) -> list[int]:
+        """The label of every sample, in order."""
+        return [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        img = load_image(path)
+        return (self.transform(img) if self.transform else img), label
+
+    def subset(self, indices: Sequence[int]) -> "ImageFolderDataset":
+        """A dataset holding only ``indices`` (same classes, same transform)."""
+        return ImageFolderDataset(self.root, self.transform,
+                                  samples=[self.samples[i] for i in indices], classes=self.classes)
+
+    def with_transform(self, transform: Callable[[Image.Image], Any] | None) -> "ImageFolderDataset":
+        """The same samples read through another transform."""
+        return ImageFolderDataset(self.root, transform, samples=self.samples, classes=self.classes)
+
+    def class_counts(self) -> dict[str, int]:
+        """Number of images per class name."""
+        counts = np.bincount(self.targets, minlength=len(self.classes))
+        return {c: int(n) for c, n in zip(self.classes, counts)}
+
+
+def per_class_indices(targets: Sequence[int], n_per_class: int | None, seed: int = 0) -> list[int]:
+    """Indices of at most ``n_per_class`` samples of each class, chosen reproducibly by ``seed``.
+
+    ``None`` keeps everything. The result is sorted, so loaders see a stable order.
+    """
+    targets_arr = np.asarray(targets)
+    if n_per_class is None:
+        return list(range(len(targets_arr)))
+    if n_per_class < 1:
+        raise DataError(f"n_per_class must be >= 1, got {n_per_class}")
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for label in np.unique(targets_arr):
+        idx = np.flatnonzero(targets_arr == label)
+        chosen.extend(rng.permutation(idx)[:n_per_class].tolist())
+    return sorted(chosen)
+
+
+def stratified_split(targets: Sequence[int], val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Split indices into train and validation, keeping class proportions; same seed, same split."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    targets_arr = np.asarray(targets)
+    rng = np.random.default_rng(seed)
+    train: list[int] = []
+    val: list[int] = []
+    for label in np.unique(targets_arr):
+        idx = rng.permutation(np.flatnonzero(targets_arr == label))
+        n_val = max(1, int(round(len(idx) * val_fraction)))
+        val.extend(idx[:n_val].tolist())
+        train.extend(idx[n_val:].tolist())
+    return sorted(train), sorted(val)
+
+
+def check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    """Raise :class:`DataError` if any label is outside ``[0, num_classes)``."""
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise DataError(
+            f"labels must lie in [0, {num_classes}) but range over [{int(labels.min())}, {int(labels.max())}]. "
+            "Either the head is too small for the data (rebuild it with num_classes = number of "
+            "classes) or the labels are not 0-based integers."
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Text
+# ----------------------------------------------------------------------------------------------
+
+
+def ensure_text(value: str | bytes, *, where: str = "input") -> str:
+    """Return ``value`` as ``str``; bytes must be valid UTF-8 (the error says where it is not)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"{where} is not valid UTF-8 (byte {err.start}: {bytes(value)[err.start:err.start + 4]!r}). "
+                "Decode it with its real encoding first, e.g. raw.decode('latin-1'), "
+                "or pass errors='replace' when you read the file."
+            ) from None
+    raise DataError(f"{where} must be str or bytes, got {type(value).__name__}")
+
+
+@dataclass
+class TextDataset:
+    """A binary sentiment dataset with a fixed, seeded held-out split.
+
+    Online and offline go through the same steps: both start from the dataset's canonical
+    ``train`` split (the only split the offline mirror has) and hold out a stratified, seeded
+    ``test_fraction`` of it. ``source`` records where the rows came from.
+    """
+
+    name: str
+    train_texts: list[str]
+    train_labels: list[int]
+    test_texts: list[str]
+    test_labels: list[int]
+    label_names: tuple[str, ...]
+    source: str
+
+    def __repr__(self) -> str:
+        return (f"TextDataset({self.name!r}, train={len(self.train_texts)}, test={len(self.test_texts)}, "
+                f"source={self.source!r})")
+
+
+def _read_mirror_rows(asset: assets.TextDatasetAsset) -> tuple[list[str], list[int]]:
+    path = assets.text_mirror_file(asset.name)
+    texts: list[str] = []
+    labels: list[int] = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if row["source"] == asset.mirror_source_value:
+                texts.append(row["text"])
+                labels.append(int(row["label"]))
+    return texts, labels
+
+
+def _read_hub_rows(asset: assets.TextDatasetAsset) -> tuple[list[str], list[int]]:
+    from datasets import load_dataset
+
+    split = load_dataset(asset.hf_id, split="train")
+    return [str(t) for t in split["text"]], [int(y) for y in split["label"]]
+
+
+def load_text_dataset(name: str, *, offline: bool = False, test_fraction: float = 0.2, seed: int = 0,
+                      max_train: int | None = None, max_test: int | None = None) -> TextDataset:
+    """Load ``"rotten_tomatoes"`` or ``"imdb"`` with a stratified, seeded held-out split.
+
+    ``max_train`` / ``max_test`` keep a class-balanced subset (CI scale).
+
+    Example::
+
+        rt = load_text_dataset("rotten_tomatoes", offline=True)
+        print(rt.train_texts[0], rt.label_names[rt.train_labels[0]])
+    """
+    if name not in assets.TEXT_DATASETS:
+        raise KeyError(f"unknown text dataset {name!r}; registered: {sorted(assets.TEXT_DATASETS)}")
+    asset = assets.TEXT_DATASETS[name]
+    if offline:
+        texts, labels = _read_mirror_rows(asset)
+        source = f"offline mirror ({asset.mirror_package} {asset.mirror_file})"
+    else:
+        texts, labels = _read_hub_rows(asset)
+        source = f"Hugging Face hub ({asset.hf_id}, split 'train')"
+    train_idx, test_idx = stratified_split(labels, test_fraction, seed)
+    if max_train is not None:
+        train_idx = [train_idx[i] for i in per_class_indices([labels[i] for i in train_idx], max_train // 2, seed)]
+    if max_test is not None:
+        test_idx = [test_idx[i] for i in per_class_indices([labels[i] for i in test_idx], max_test // 2, seed)]
+    return TextDataset(
+        name=name,
+        train_texts=[texts[i] for i in train_idx], train_labels=[labels[i] for i in train_idx],
+        test_texts=[texts[i] for i in test_idx], test_labels=[labels[i] for i in test_idx],
+        label_names=asset.label_names, source=source,
+    )
+
+
+# Truncated JPEGs (a partial download) must fail loudly, never be half-read silently.
+ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -1,0 +1,178 @@
+"""Embeddings of a frozen backbone, computed once and cached on disk.
+
+A frozen backbone maps the same image to the same vector every epoch, so feature extraction
+can run it *once* and train the head on the stored vectors. The cache key hashes everything
+that determines the vectors — the model's weights, the preprocessing, and every input file's
+bytes and label — so changing any of them computes fresh features instead of reusing stale ones.
+
+Example::
+
+    feats = extract_features(trunk, train_ds, cache_dir=CACHE, tag="resnet18")
+    feats.x.shape   # torch.Size([244, 512])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .data import ImageFolderDataset, ensure_text
+
+
+@dataclass
+class Features:
+    """Feature vectors ``x`` (float32, ``[N, D]``), labels ``y`` and how they were obtained."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    key: str
+    from_cache: bool
+    seconds: float  #: time spent computing (or loading) them
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 over the names, shapes and values of a model's parameters and buffers."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def dataset_fingerprint(dataset: ImageFolderDataset) -> str:
+    """sha256 over every sample's file bytes, label, and the dataset's transform."""
+    h = hashlib.sha256(repr(dataset.transform).encode())
+    for path, label in dataset.samples:
+        h.update(hashlib.sha256(Path(path).read_bytes()).digest())
+        h.update(str(label).encode())
+    return h.hexdigest()
+
+
+def _cache_path(cache_dir: Path, tag: str, key: str) -> Path:
+    return Path(cache_dir) / f"{tag}-{key[:16]}.safetensors"
+
+
+def _load_or_compute(cache_dir: str | Path | None, tag: str, key: str, compute) -> Features:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    if cache_dir is not None:
+        path = _cache_path(Path(cache_dir), tag, key)
+        if path.is_file():
+            stored = load_file(path)
+            return Features(stored["x"], stored["y"], key, True, time.perf_counter() - start)
+    x, y = compute()
+    if cache_dir is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(path.name + ".part")
+        save_file({"x": x.contiguous(), "y": y.contiguous()}, part, metadata={"key": key, "tag": tag})
+        part.replace(path)
+    return Features(x, y, key, False, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def extract_features(
+    trunk: nn.Module,
+    dataset: ImageFolderDataset,
+    *,
+    cache_dir: str | Path | None = None,
+    tag: str = "features",
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+) -> Features:
+    """Run a frozen ``trunk`` (see :func:`~transfer_utils.models.feature_extractor`) over ``dataset``.
+
+    The trunk is put in ``eval()`` mode (BatchNorm uses its running statistics, dropout is off)
+    and run under ``torch.no_grad()``. With ``cache_dir`` the result is stored as safetensors
+    and reused while the key matches.
+    """
+    key = hashlib.sha256((model_fingerprint(trunk) + dataset_fingerprint(dataset)).encode()).hexdigest()
+
+    def compute() -> tuple[torch.Tensor, torch.Tensor]:
+        trunk.eval().to(device)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        xs, ys = [], []
+        for images, labels in tqdm(loader, desc=f"features {tag}", leave=False):
+            xs.append(trunk(images.to(device)).float().cpu())
+            ys.append(labels)
+        return torch.cat(xs), torch.cat(ys)
+
+    return _load_or_compute(cache_dir, tag, key, compute)
+
+
+def mean_pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average token vectors, ignoring padding (the pooling all-MiniLM-L6-v2 was trained with)."""
+    mask = attention_mask.unsqueeze(-1).to(last_hidden.dtype)
+    return (last_hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+@torch.no_grad()
+def embed_texts(
+    tokenizer,  # type: ignore[no-untyped-def]
+    encoder: nn.Module,
+    texts: Sequence[str | bytes],
+    *,
+    pooling: str = "mean",
+    max_length: int = 128,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Embed texts with a frozen encoder: ``"mean"`` pooling or the ``"cls"`` token's vector.
+
+    Texts are sorted by length before batching (less padding, same result) and returned in the
+    input order. Bytes must be UTF-8; empty strings are allowed (they embed ``[CLS] [SEP]``).
+    """
+    if pooling not in ("mean", "cls"):
+        raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+    clean = [ensure_text(t, where=f"text #{i}") for i, t in enumerate(texts)]
+    encoder.eval().to(device)
+    order = sorted(range(len(clean)), key=lambda i: len(clean[i]))
+    out = torch.empty(len(clean), encoder.config.hidden_size)
+    for start in tqdm(range(0, len(order), batch_size), desc="embed", leave=False):
+        idx = order[start:start + batch_size]
+        batch = tokenizer([clean[i] for i in idx], padding=True, truncation=True,
+                          max_length=max_length, return_tensors="pt").to(device)
+        hidden = encoder(**batch).last_hidden_state
+        vec = mean_pool(hidden, batch["attention_mask"]) if pooling == "mean" else hidden[:, 0]
+        out[idx] = vec.float().cpu()
+    return out
+
+
+def extract_text_features(
+    tokenizer,  # type: ignore[no-untyped-def]
+    encoder: nn.Module,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    *,
+    cache_dir: str | Path | None = None,
+    tag: str = "text",
+    pooling: str = "mean",
+    max_length: int = 128,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> Features:
+    """:func:`embed_texts` with the same on-disk cache as :func:`extract_features`."""
+    settings = json.dumps({"pooling": pooling, "max_length": max_length,
+                           "tokenizer": type(tokenizer).__name__, "vocab": len(tokenizer)})
+    h = hashlib.sha256((model_fingerprint(encoder) + settings).encode())
+    for text, label in zip(texts, labels):
+        h.update(hashlib.sha256(ensure_text(text).encode()).digest())
+        h.update(str(label).encode())
+    key = h.hexdigest()
+
+    def compute() -> tuple[torch.Tensor, torch.Tensor]:
+        x = embed_texts(tokenizer, encoder, texts, pooling=pooling, max_length=max_length,
+                        batch_size=batch_size, device=device)
+        return x, torch.tensor(list(labels), dtype=torch.long)
+
+    return _load_or_compute(cache_dir, tag, key, compute)

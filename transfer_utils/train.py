@@ -1,0 +1,327 @@
+"""``fit``: one training loop for every chapter, with checkpoints a Colab disconnect can't break.
+
+Each epoch ends with a checkpoint in safetensors (``last.safetensors``: model, optimizer,
+scheduler, history; ``best.safetensors``: the best model by validation accuracy). Calling
+``fit`` again with the same ``checkpoint_dir`` resumes after the last finished epoch, and on the
+CPU an interrupted-then-resumed run ends with exactly the weights of an uninterrupted one: the
+random state of epoch ``e`` is derived from ``seed + e``, not carried over from earlier epochs.
+
+Example::
+
+    history = fit(model, train_loader, val_loader=val_loader, epochs=5,
+                  optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
+                  checkpoint_dir="checkpoints/ants-bees")
+    history.best_val_accuracy
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .data import check_labels
+from .errors import ConfigError
+
+
+@dataclass
+class EpochRecord:
+    """Metrics of one epoch."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
+    lr: float
+    seconds: float
+
+
+@dataclass
+class History:
+    """Everything ``fit`` measured, epoch by epoch."""
+
+    epochs: list[EpochRecord] = field(default_factory=list)
+    stopped_early: bool = False
+
+    def column(self, name: str) -> list[Any]:
+        """One metric over the epochs, e.g. ``history.column("val_accuracy")``."""
+        return [getattr(r, name) for r in self.epochs]
+
+    @property
+    def best_val_accuracy(self) -> float | None:
+        vals = [v for v in self.column("val_accuracy") if v is not None]
+        return max(vals) if vals else None
+
+    @property
+    def seconds(self) -> float:
+        return float(sum(self.column("seconds")))
+
+    def to_json(self) -> str:
+        return json.dumps({"epochs": [asdict(r) for r in self.epochs], "stopped_early": self.stopped_early})
+
+    @classmethod
+    def from_json(cls, text: str) -> "History":
+        data = json.loads(text)
+        return cls([EpochRecord(**r) for r in data["epochs"]], data["stopped_early"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints (safetensors only: loading one never unpickles anything)
+# ----------------------------------------------------------------------------------------------
+
+
+def _split_state(state: dict[str, Any], prefix: str) -> tuple[dict[str, torch.Tensor], Any]:
+    """Separate tensors (for safetensors) from everything else (for JSON metadata)."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(obj: Any, path: str) -> Any:
+        if isinstance(obj, torch.Tensor):
+            tensors[path] = obj.detach().cpu().contiguous()
+            return {"__tensor__": path}
+        if isinstance(obj, dict):
+            return {"__dict__": [[walk(k, f"{path}.k{i}"), walk(v, f"{path}.{i}")] for i, (k, v) in enumerate(obj.items())]}
+        if isinstance(obj, (list, tuple)):
+            return {"__list__" if isinstance(obj, list) else "__tuple__": [walk(v, f"{path}.{i}") for i, v in enumerate(obj)]}
+        if obj is None or isinstance(obj, (bool, int, float, str)):
+            return obj
+        raise ConfigError(f"cannot checkpoint a {type(obj).__name__} in the {prefix} state")
+
+    return tensors, walk(state, prefix)
+
+
+def _join_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(skeleton, dict):
+        if "__tensor__" in skeleton:
+            return tensors[skeleton["__tensor__"]]
+        if "__dict__" in skeleton:
+            return {_join_state(k, tensors): _join_state(v, tensors) for k, v in skeleton["__dict__"]}
+        if "__list__" in skeleton:
+            return [_join_state(v, tensors) for v in skeleton["__list__"]]
+        if "__tuple__" in skeleton:
+            return tuple(_join_state(v, tensors) for v in skeleton["__tuple__"])
+    return skeleton
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, **states: Any) -> Path:
+    """Save ``model``'s weights and any extra state dicts (optimizer, scheduler, …) atomically.
+
+    Tensors go into the safetensors body, the rest into its JSON metadata.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata: dict[str, str] = {}
+    for name, state in states.items():
+        if isinstance(state, str):
+            metadata[name] = state
+            continue
+        extra, skeleton = _split_state(state, name)
+        tensors.update(extra)
+        metadata[name] = json.dumps(skeleton)
+    part = path.with_name(path.name + ".part")
+    save_file(tensors, part, metadata=metadata)
+    part.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`; restore ``model`` in place if given.
+
+    Returns the extra states (decoded) by name; ``"model"`` holds the raw weights.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    tensors = load_file(path)
+    with safe_open(path, framework="pt") as f:
+        metadata = f.metadata() or {}
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    if model is not None:
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as err:
+            raise ConfigError(
+                f"the checkpoint {path} does not fit this model ({str(err).splitlines()[0]}). "
+                "It was saved from a different architecture or head: delete it or use another checkpoint_dir."
+            ) from None
+    out: dict[str, Any] = {"model": weights}
+    for name, text in metadata.items():
+        try:
+            out[name] = _join_state(json.loads(text), tensors)
+        except json.JSONDecodeError:
+            out[name] = text
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+
+def _reseed(seed: int, epoch: int, loader: DataLoader) -> None:
+    torch.manual_seed(seed + epoch)
+    if loader.generator is not None:
+        loader.generator.manual_seed(seed + epoch)
+
+
+def _run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable[..., torch.Tensor], device: torch.device, *,
+               optimizer: torch.optim.Optimizer | None, scaler: torch.amp.GradScaler | None,
+               amp_dtype: torch.dtype | None, clip_grad_norm: float | None,
+               scheduler_per_step: Any, num_classes: int | None, desc: str, progress: bool) -> tuple[float, float]:
+    training = optimizer is not None
+    model.train(training)
+    total_loss, correct, seen = 0.0, 0, 0
+    with torch.set_grad_enabled(training):
+        for inputs, labels in tqdm(loader, desc=desc, leave=False, disable=not progress):
+            inputs, labels = inputs.to(device), labels.to(device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(inputs)
+                if num_classes is not None and logits.shape[-1] != num_classes:
+                    raise ConfigError(
+                        f"the model outputs {logits.shape[-1]} scores per example but the data has "
+                        f"{num_classes} classes: replace the head with replace_head(model, {num_classes})."
+                    )
+                check_labels(labels, logits.shape[-1])
+                loss = loss_fn(logits, labels)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                if clip_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                if scheduler_per_step is not None:
+                    scheduler_per_step.step()
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(
+                    "the loss became NaN/inf: lower the learning rate, enable clip_grad_norm, or check the inputs."
+                )
+            total_loss += loss.item() * labels.shape[0]
+            correct += int((logits.argmax(-1) == labels).sum())
+            seen += labels.shape[0]
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    *,
+    epochs: int,
+    optimizer: torch.optim.Optimizer,
+    val_loader: DataLoader | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    scheduler: Any = None,
+    scheduler_interval: str = "epoch",
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    clip_grad_norm: float | None = None,
+    early_stopping_patience: int | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    seed: int = 0,
+    num_classes: int | None = None,
+    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    progress: bool = True,
+) -> History:
+    """Train ``model`` for ``epochs`` epochs and return its :class:`History`.
+
+    * ``amp=True`` uses mixed precision (bfloat16 autocast where supported, else float16 with a
+      gradient scaler) on CUDA; on the CPU it is ignored.
+    * ``scheduler`` steps once per epoch, or once per batch with ``scheduler_interval="step"``.
+    * ``early_stopping_patience``: stop once validation accuracy has not improved for that many
+      epochs; the best weights are then in ``checkpoint_dir/best.safetensors``.
+    * ``checkpoint_dir``: save after every epoch; with ``resume=True`` a later call continues
+      from the last finished epoch (a finished run returns at once with its history).
+    * ``num_classes``: checked against the model's output size on the first batch.
+    """
+    if epochs < 1:
+        raise ConfigError(f"epochs must be >= 1, got {epochs}")
+    if scheduler_interval not in ("epoch", "step"):
+        raise ConfigError("scheduler_interval must be 'epoch' or 'step'")
+    device = torch.device(device)
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    model.to(device)
+    use_amp = amp and device.type == "cuda"
+    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    history, start_epoch, best_acc, since_best = History(), 0, -1.0, 0
+    last = Path(checkpoint_dir) / "last.safetensors" if checkpoint_dir is not None else None
+    if last is not None and resume and last.is_file():
+        state = load_checkpoint(last, model)
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and "scheduler" in state:
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        history = History.from_json(state["history"])
+        start_epoch = len(history.epochs)
+        best_acc, since_best = float(state["progress"]["best_acc"]), int(state["progress"]["since_best"])
+        if progress:
+            print(f"[fit] resumed from {last} after epoch {start_epoch}/{epochs}")
+        if history.stopped_early:
+            return history
+
+    for epoch in range(start_epoch, epochs):
+        _reseed(seed, epoch, train_loader)
+        t0 = time.perf_counter()
+        common = dict(loss_fn=loss_fn, device=device, amp_dtype=amp_dtype, num_classes=num_classes, progress=progress)
+        train_loss, train_acc = _run_epoch(
+            model, train_loader, optimizer=optimizer, scaler=scaler, clip_grad_norm=clip_grad_norm,
+            scheduler_per_step=scheduler if scheduler_interval == "step" else None,
+            desc=f"epoch {epoch + 1}/{epochs}", **common)
+        val_loss = val_acc = None
+        if val_loader is not None:
+            val_loss, val_acc = _run_epoch(model, val_loader, optimizer=None, scaler=None, clip_grad_norm=None,
+                                           scheduler_per_step=None, desc="validate", **common)
+        if scheduler is not None and scheduler_interval == "epoch":
+            scheduler.step()
+        record = EpochRecord(epoch + 1, train_loss, train_acc, val_loss, val_acc,
+                             optimizer.param_groups[0]["lr"], time.perf_counter() - t0)
+        history.epochs.append(record)
+        improved = val_acc is not None and val_acc > best_acc
+        if improved:
+            best_acc, since_best = float(val_acc), 0
+        else:
+            since_best += 1
+        if early_stopping_patience is not None and val_acc is not None and since_best >= early_stopping_patience:
+            history.stopped_early = True
+        if checkpoint_dir is not None:
+            extra: dict[str, Any] = {"optimizer": optimizer.state_dict(), "history": history.to_json(),
+                                     "progress": {"best_acc": best_acc, "since_best": since_best}}
+            if scheduler is not None:
+                extra["scheduler"] = scheduler.state_dict()
+            if scaler is not None:
+                extra["scaler"] = scaler.state_dict()
+            if improved:
+                save_checkpoint(Path(checkpoint_dir) / "best.safetensors", model)
+            save_checkpoint(last, model, **extra)  # type: ignore[arg-type]
+        if progress:
+            val = f" val_loss {val_loss:.4f} val_acc {val_acc:.3f}" if val_acc is not None else ""
+            print(f"epoch {epoch + 1:3d}/{epochs}  train_loss {train_loss:.4f} train_acc {train_acc:.3f}{val}"
+                  f"  ({record.seconds:.1f}s)")
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+        if history.stopped_early:
+            if progress:
+                print(f"[fit] early stop: no val-accuracy gain for {early_stopping_patience} epochs")
+            break
+    return history
