@@ -129,7 +129,17 @@ def create_backbone(name: str, *, pretrained: bool = True, offline: bool = False
             sub.requested = name
             return sub
     build = _torchvision_backbone if asset.library == "torchvision" else _timm_backbone
-    return build(name, pretrained)
+    try:
+        return build(name, pretrained)
+    except OSError as err:  # URLError, connection errors and missing cache files all derive from it
+        where = (assets.torch_checkpoint_dir() / asset.canonical.rsplit("/", 1)[-1] if asset.library == "torchvision"
+                 else f"the Hugging Face cache ({assets.hf_hub_cache()})")
+        raise AssetUnavailableError(
+            f"could not load the pretrained weights of {name!r} ({err}).\n"
+            f"  - with internet access, run again (the download resumes from scratch, atomically);\n"
+            f"  - offline, pass offline=True (the notebooks' OFFLINE='auto' does this) to use the registered\n"
+            f"    substitute {asset.offline_substitute!r}, or copy {asset.canonical} to {where}."
+        ) from err
 
 
 def feature_extractor(model: nn.Module) -> nn.Module:

@@ -67,13 +67,12 @@ class History:
     def seconds(self) -> float:
         return float(sum(self.column("seconds")))
 
-    def to_json(self) -> str:
-        return json.dumps({"epochs": [asdict(r) for r in self.epochs], "stopped_early": self.stopped_early})
+    def to_dict(self) -> dict[str, Any]:
+        return {"epochs": [asdict(r) for r in self.epochs], "stopped_early": self.stopped_early}
 
     @classmethod
-    def from_json(cls, text: str) -> "History":
-        data = json.loads(text)
-        return cls([EpochRecord(**r) for r in data["epochs"]], data["stopped_early"])
+    def from_dict(cls, data: dict[str, Any]) -> "History":
+        return cls([EpochRecord(**r) for r in data["epochs"]], bool(data["stopped_early"]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,7 +271,7 @@ def fit(
             scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and "scaler" in state:
             scaler.load_state_dict(state["scaler"])
-        history = History.from_json(state["history"])
+        history = History.from_dict(state["history"])
         start_epoch = len(history.epochs)
         best_acc, since_best = float(state["progress"]["best_acc"]), int(state["progress"]["since_best"])
         if progress:
@@ -305,7 +304,7 @@ def fit(
         if early_stopping_patience is not None and val_acc is not None and since_best >= early_stopping_patience:
             history.stopped_early = True
         if checkpoint_dir is not None:
-            extra: dict[str, Any] = {"optimizer": optimizer.state_dict(), "history": history.to_json(),
+            extra: dict[str, Any] = {"optimizer": optimizer.state_dict(), "history": history.to_dict(),
                                      "progress": {"best_acc": best_acc, "since_best": since_best}}
             if scheduler is not None:
                 extra["scheduler"] = scheduler.state_dict()

@@ -1,0 +1,152 @@
+"""The registry: checksums, atomic downloads, verified unpacking, offline errors, real mirrors."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from transfer_utils import assets, data, models
+from transfer_utils.errors import AssetUnavailableError, ChecksumMismatchError
+
+
+def _sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def test_registry_entries_are_complete() -> None:
+    for a in assets.IMAGE_DATASETS.values():
+        assert a.url.startswith("https://") and len(a.content_sha256) == 64 and len(a.mirror_sha256) == 64
+    for t in assets.TEXT_DATASETS.values():
+        assert "/" in t.hf_id and len(t.mirror_sha256) == 64
+    for m in assets.MODELS.values():
+        assert m.library in ("torchvision", "timm", "transformers")
+        assert m.mirror_sha256 or m.offline_substitute, f"{m.name}: neither a mirror nor a substitute offline"
+        if m.offline_substitute:
+            assert m.offline_substitute in assets.MODELS
+
+
+def test_content_digest_matches_the_shell_recipe(tmp_path: Path) -> None:
+    (tmp_path / "b dir").mkdir()
+    (tmp_path / "a.txt").write_bytes(b"alpha")
+    (tmp_path / "b dir" / "Z.bin").write_bytes(bytes(range(256)))
+    (tmp_path / "B.txt").write_bytes(b"")
+    shell = subprocess.run(
+        "find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum",
+        shell=True, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split()[0]
+    assert assets.content_digest(tmp_path) == shell
+
+
+def test_download_is_verified_and_atomic(tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"payload" * 1000)
+    dst = tmp_path / "out" / "file.bin"
+    assets.download(src.as_uri(), dst, _sha(src.read_bytes()))
+    assert dst.read_bytes() == src.read_bytes()
+
+    bad = tmp_path / "out" / "bad.bin"
+    with pytest.raises(ChecksumMismatchError, match="Delete it and fetch it again"):
+        assets.download(src.as_uri(), bad, "0" * 64)
+    assert not bad.exists() and not bad.with_name("bad.bin.part").exists()
+
+
+def test_interrupted_download_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    class Broken:
+        headers = {"Content-Length": "100"}
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            return False
+        def read(self, n):
+            raise ConnectionResetError("connection dropped mid-way")
+
+    monkeypatch.setattr(assets.urllib.request, "urlopen", lambda *a, **k: Broken())
+    dst = tmp_path / "x.zip"
+    with pytest.raises(ConnectionResetError):
+        assets.download("https://example.invalid/x.zip", dst)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_dataset_offline_says_how_to_provide_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TL_DATA_HOME", str(tmp_path))
+    with pytest.raises(AssetUnavailableError) as info:
+        assets.fetch_dataset("flowers17", offline=True)
+    msg = str(info.value)
+    assert "python -m transfer_utils.assets seed --from DIR" in msg
+    assert "oxford_flowers17.zip" in msg and assets.IMAGE_DATASETS["flowers17"].mirror_sha256 in msg
+    assert assets.IMAGE_DATASETS["flowers17"].url in msg
+
+
+def test_corrupt_archive_is_never_used(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TL_DATA_HOME", str(tmp_path))
+    archive = tmp_path / "archives" / "hymenoptera_data.zip"
+    archive.parent.mkdir(parents=True)
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("hymenoptera_data/train/ants/1.jpg", b"not the real bytes")
+    with pytest.raises(ChecksumMismatchError, match="content digest"):
+        assets.fetch_dataset("hymenoptera", offline=True)
+    assert not (tmp_path / "datasets" / "hymenoptera").exists()
+    assert not (tmp_path / "datasets" / "hymenoptera.part").exists()
+
+
+def test_seed_rejects_a_corrupt_mirror(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TL_DATA_HOME", str(tmp_path / "home"))
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "hymenoptera_data.zip").write_bytes(b"truncated")
+    with pytest.raises(ChecksumMismatchError):
+        assets.seed(mirror)
+    assert not (tmp_path / "home" / "archives" / "hymenoptera_data.zip").exists()
+
+
+def test_seeded_image_datasets_have_the_published_counts() -> None:
+    hym = assets.fetch_dataset("hymenoptera", offline=True)
+    assert data.ImageFolderDataset(hym / "train").class_counts() == {"ants": 123, "bees": 121}
+    assert data.ImageFolderDataset(hym / "val").class_counts() == {"ants": 70, "bees": 83}
+    flowers = assets.fetch_dataset("flowers17", offline=True)
+    train = data.ImageFolderDataset(flowers / "train")
+    assert sorted(train.classes) == sorted(assets.IMAGE_DATASETS["flowers17"].classes)
+    assert set(train.class_counts().values()) == {60}
+    assert set(data.ImageFolderDataset(flowers / "val").class_counts().values()) == {20}
+
+
+def test_mirrored_efficientnet_is_a_real_imagenet_classifier() -> None:
+    """Offline weights mapped onto timm's names must classify real ant/bee photos as ant/bee."""
+    bb = models.create_backbone("tf_efficientnet_lite0", offline=True)
+    assert not bb.substituted
+    val = assets.fetch_dataset("hymenoptera", offline=True) / "val"
+    ds = data.ImageFolderDataset(val, bb.preprocessing.eval_transform())
+    idx = data.per_class_indices(ds.targets, 10, seed=0)
+    x = torch.stack([ds[i][0] for i in idx])
+    with torch.no_grad():
+        top5 = bb.model.eval()(x).topk(5, dim=1).indices
+    imagenet_ant, imagenet_bee = 310, 309
+    hits = [(imagenet_ant if ds.targets[i] == 0 else imagenet_bee) in row for i, row in zip(idx, top5.tolist())]
+    assert np.mean(hits) >= 0.8, f"only {np.mean(hits):.0%} of ants/bees have the right ImageNet class in the top 5"
+
+
+def test_mirrored_minilm_gives_meaningful_sentence_embeddings() -> None:
+    from transfer_utils.features import embed_texts
+
+    tok, enc, used = models.create_text_encoder("sentence-transformers/all-MiniLM-L6-v2", offline=True)
+    assert used == "sentence-transformers/all-MiniLM-L6-v2"
+    e = torch.nn.functional.normalize(embed_texts(tok, enc, ["a wonderful film", "a great movie",
+                                                            "the stock market fell sharply"]), dim=1)
+    assert float(e[0] @ e[1]) > float(e[0] @ e[2]) + 0.2
+
+
+def test_text_mirror_is_checksummed_and_split_reproducibly() -> None:
+    assert assets.sha256_file(assets.text_mirror_file("rotten_tomatoes")) == assets.TEXT_DATASETS["rotten_tomatoes"].mirror_sha256
+    a = data.load_text_dataset("rotten_tomatoes", offline=True, seed=0)
+    b = data.load_text_dataset("rotten_tomatoes", offline=True, seed=0)
+    c = data.load_text_dataset("rotten_tomatoes", offline=True, seed=1)
+    assert len(a.train_texts) + len(a.test_texts) == 8530
+    assert len(a.test_texts) == 1706 and sum(a.test_labels) == 853
+    assert a.test_texts == b.test_texts and a.test_texts != c.test_texts
+    small = data.load_text_dataset("imdb", offline=True, max_train=100, max_test=50)
+    assert len(small.train_texts) == 100 and sum(small.train_labels) == 50 and len(small.test_texts) == 50

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from transfer_utils import config
+from transfer_utils.errors import ConfigError
+
+
+def test_check_scale() -> None:
+    assert config.check_scale("ci") == "ci"
+    assert config.check_scale("full") == "full"
+    with pytest.raises(ConfigError, match="SCALE"):
+        config.check_scale("small")
+
+
+def test_seed_everything_is_reproducible() -> None:
+    g1 = config.seed_everything(3)
+    a = torch.rand(3), torch.rand(3, generator=g1)
+    g2 = config.seed_everything(3)
+    b = torch.rand(3), torch.rand(3, generator=g2)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_pick_device() -> None:
+    assert config.pick_device("cpu").type == "cpu"
+    assert config.pick_device().type in ("cpu", "cuda", "mps")
+
+
+def test_offline_explicit_true_announces_and_sets_hub_offline(monkeypatch, capsys) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    state = config.resolve_offline(True)
+    assert state and state.offline
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert "OFFLINE MODE is ON" in capsys.readouterr().out
+
+
+def test_offline_auto_follows_environment(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("TL_OFFLINE", "1")
+    state = config.resolve_offline("auto")
+    assert state.offline and "TL_OFFLINE" in state.reason
+    assert "OFFLINE MODE is ON" in capsys.readouterr().out
+
+
+def test_offline_false_is_silent(capsys) -> None:
+    assert not config.resolve_offline(False)
+    assert capsys.readouterr().out == ""
+
+
+def test_offline_rejects_nonsense() -> None:
+    with pytest.raises(ConfigError):
+        config.resolve_offline("maybe")  # type: ignore[arg-type]

@@ -1,0 +1,92 @@
+"""The feature cache: reused while nothing changed, recomputed when anything did."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import transforms as T
+
+from transfer_utils import data, features, models
+from transfer_utils.errors import DataError
+
+
+def _dataset(root: Path) -> data.ImageFolderDataset:
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return data.ImageFolderDataset(root, transform=T.Compose([T.ToTensor()]))
+
+
+def _trunk() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def test_cache_reuse_and_invalidation(tmp_path: Path) -> None:
+    ds, trunk, cache = _dataset(tmp_path / "imgs"), _trunk(), tmp_path / "cache"
+    first = features.extract_features(trunk, ds, cache_dir=cache, tag="t")
+    assert not first.from_cache and first.x.shape == (6, 4) and first.y.tolist() == [0, 0, 0, 1, 1, 1]
+    again = features.extract_features(trunk, ds, cache_dir=cache, tag="t")
+    assert again.from_cache and torch.equal(again.x, first.x) and again.key == first.key
+
+    other_transform = ds.with_transform(T.Compose([T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)]))
+    assert not features.extract_features(trunk, other_transform, cache_dir=cache, tag="t").from_cache
+
+    with torch.no_grad():
+        trunk[0].bias.add_(1.0)
+    assert not features.extract_features(trunk, ds, cache_dir=cache, tag="t").from_cache
+
+    path = ds.samples[0][0]
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(path)
+    changed = features.extract_features(trunk, ds, cache_dir=cache, tag="t")
+    assert not changed.from_cache
+    assert not list(cache.glob("*.part"))
+
+
+def test_extraction_runs_in_eval_mode(tmp_path: Path) -> None:
+    ds, trunk = _dataset(tmp_path / "imgs"), _trunk()
+    trunk.train()
+    before = trunk[1].running_mean.clone()
+    features.extract_features(trunk, ds)
+    assert torch.equal(trunk[1].running_mean, before), "BatchNorm statistics changed during extraction"
+
+
+def test_mean_pool_ignores_padding() -> None:
+    hidden = torch.tensor([[[1.0, 1.0], [3.0, 3.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert torch.equal(features.mean_pool(hidden, mask), torch.tensor([[2.0, 2.0]]))
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    tok, enc, _ = models.create_text_encoder("sentence-transformers/all-MiniLM-L6-v2", offline=True)
+    return tok, enc
+
+
+def test_embed_texts_keeps_input_order_and_handles_edge_cases(minilm) -> None:
+    tok, enc = minilm
+    texts = ["a long and rambling sentence about a film that goes on and on", "short", "", "medium length text"]
+    batched = features.embed_texts(tok, enc, texts, batch_size=2)
+    one_by_one = torch.cat([features.embed_texts(tok, enc, [t]) for t in texts])
+    assert torch.allclose(batched, one_by_one, atol=1e-5)
+    very_long = features.embed_texts(tok, enc, ["word " * 5000], max_length=32)
+    assert very_long.shape == (1, 384) and torch.isfinite(very_long).all()
+    with pytest.raises(DataError, match="text #1 is not valid UTF-8"):
+        features.embed_texts(tok, enc, ["fine", "caf\xe9".encode("latin-1")])
+    assert features.embed_texts(tok, enc, ["fine", "café".encode()]).shape == (2, 384)
+
+
+def test_text_feature_cache(minilm, tmp_path: Path) -> None:
+    tok, enc = minilm
+    a = features.extract_text_features(tok, enc, ["good", "bad"], [1, 0], cache_dir=tmp_path, tag="x")
+    b = features.extract_text_features(tok, enc, ["good", "bad"], [1, 0], cache_dir=tmp_path, tag="x")
+    c = features.extract_text_features(tok, enc, ["good", "bad"], [1, 0], cache_dir=tmp_path, tag="x", pooling="cls")
+    assert not a.from_cache and b.from_cache and not c.from_cache
+    assert torch.equal(a.x, b.x) and not torch.allclose(a.x, c.x)

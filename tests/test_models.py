@@ -1,0 +1,117 @@
+"""Backbones, heads, freezing by stage, parameter groups — on randomly initialised networks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from transfer_utils import models
+from transfer_utils.errors import AssetUnavailableError, ConfigError
+
+
+@pytest.fixture(scope="module")
+def resnet18() -> nn.Module:
+    return models.create_backbone("resnet18", pretrained=False).model
+
+
+def test_stage_maps() -> None:
+    r18 = models.create_backbone("resnet18", pretrained=False)
+    assert list(models.stages(r18.model)) == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert r18.num_features == 512
+    r50 = models.create_backbone("resnet50", pretrained=False)
+    assert r50.num_features == 2048
+    lite = models.create_backbone("tf_efficientnet_lite0", pretrained=False)
+    assert list(models.stages(lite.model))[:2] == ["stem", "blocks.0"] and list(models.stages(lite.model))[-1] == "head"
+    with pytest.raises(ConfigError, match="no stage map"):
+        models.stages(nn.Linear(2, 2))
+
+
+def test_replace_head_and_check_head(resnet18: nn.Module) -> None:
+    model = models.replace_head(resnet18, 5)
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 5)
+    models.check_head(model, 5)
+    with pytest.raises(ConfigError, match="outputs 5 classes but the data has 3"):
+        models.check_head(model, 3)
+    with pytest.raises(ConfigError):
+        models.replace_head(model, 1)
+    lite = models.replace_head(models.create_backbone("tf_efficientnet_lite0", pretrained=False).model, 3)
+    assert lite(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+
+
+def test_freeze_until_a_stage(resnet18: nn.Module) -> None:
+    model = models.freeze(models.replace_head(resnet18, 2), until="layer3")
+    expected = sum(p.numel() for p in model.layer4.parameters()) + sum(p.numel() for p in model.fc.parameters())
+    assert models.count_parameters(model) == expected
+    assert models.count_parameters(model, trainable_only=False) > expected
+    assert not any(p.requires_grad for p in model.layer3.parameters())
+    models.freeze(model, until="all")
+    assert models.count_parameters(model) == sum(p.numel() for p in model.fc.parameters())
+    models.freeze(model, until=None)
+    assert models.count_parameters(model) == models.count_parameters(model, trainable_only=False)
+    with pytest.raises(ConfigError, match="unknown stage"):
+        models.freeze(model, until="layer9")
+
+
+def test_param_groups_skip_frozen_stages(resnet18: nn.Module) -> None:
+    model = models.freeze(models.replace_head(resnet18, 2), until="layer3")
+    groups = models.param_groups(model, {"layer3": 1e-5, "layer4": 1e-4, "head": 1e-3})
+    assert [(g["name"], g["lr"]) for g in groups] == [("layer4", 1e-4), ("head", 1e-3)]
+    opt = torch.optim.AdamW(groups)
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == models.count_parameters(model)
+    with pytest.raises(ConfigError, match="unknown stage"):
+        models.param_groups(model, {"fc": 1e-3})
+    models.freeze(model, until="all")
+    with pytest.raises(ConfigError, match="no trainable parameters"):
+        models.param_groups(model, {"layer4": 1e-4})
+
+
+def test_feature_extractor_leaves_the_model_intact(resnet18: nn.Module) -> None:
+    resnet18.eval()
+    trunk = models.feature_extractor(resnet18)
+    assert trunk(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+    assert isinstance(resnet18.fc, nn.Linear)
+    lite = models.create_backbone("tf_efficientnet_lite0", pretrained=False)
+    assert models.feature_extractor(lite.model).eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1280)
+
+
+def test_frozen_backbone_classifier_keeps_batchnorm_statistics(resnet18: nn.Module) -> None:
+    trunk = models.feature_extractor(resnet18)
+    clf = models.FrozenBackboneClassifier(trunk, nn.Linear(512, 2))
+    clf.train()
+    assert not clf.trunk.training and clf.head.training
+    before = clf.trunk.bn1.running_mean.clone()
+    out = clf(torch.randn(4, 3, 64, 64) * 5 + 3)
+    assert torch.equal(clf.trunk.bn1.running_mean, before)
+    out.sum().backward()
+    assert clf.head.weight.grad is not None
+    assert all(p.grad is None for p in clf.trunk.parameters())
+
+
+def test_offline_substitution_is_printed(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no ResNet weights cached here
+    bb = models.create_backbone("resnet18", offline=True)
+    out = capsys.readouterr().out
+    assert "SUBSTITUTION: 'resnet18'" in out and "tf_efficientnet_lite0" in out
+    assert bb.substituted and bb.requested == "resnet18" and bb.name == "tf_efficientnet_lite0"
+
+
+def test_missing_weights_without_the_switch_is_an_actionable_error(tmp_path, monkeypatch) -> None:
+    """With the offline switch off and no network, nothing is substituted: a clear error instead."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    import urllib.request
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(torch.hub, "urlopen", no_network, raising=False)
+    with pytest.raises(AssetUnavailableError, match="offline=True"):
+        models.create_backbone("resnet18", offline=False)
+
+
+def test_unknown_models_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="registered"):
+        models.create_backbone("vgg16")
+    with pytest.raises(ConfigError, match="registered"):
+        models.create_text_encoder("resnet18")

@@ -1,0 +1,153 @@
+"""fit: it learns, checkpoints in safetensors, and an interrupted run resumes exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from transfer_utils import evaluate, train
+from transfer_utils.errors import ConfigError, DataError
+
+
+def _data(n: int = 96, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    return TensorDataset(x, y)
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 2))
+
+
+def _setup(seed: int = 0):
+    model = _model(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-2, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    loader = DataLoader(_data(), batch_size=16, shuffle=True)
+    return model, opt, sched, loader
+
+
+def test_fit_learns_a_separable_problem() -> None:
+    model, opt, _, _ = _setup()
+    loader = DataLoader(_data(512), batch_size=32, shuffle=True)
+    val = DataLoader(_data(256, seed=1), batch_size=256)
+    history = train.fit(model, loader, val_loader=val, epochs=15, optimizer=opt, num_classes=2, progress=False)
+    assert history.epochs[-1].train_loss < history.epochs[0].train_loss
+    assert history.best_val_accuracy is not None and history.best_val_accuracy > 0.9
+    assert evaluate.evaluate(model, val).accuracy > 0.9
+
+
+def test_interrupted_run_resumes_to_identical_weights(tmp_path: Path) -> None:
+    model_a, opt_a, sched_a, loader_a = _setup()
+    full = train.fit(model_a, loader_a, epochs=5, optimizer=opt_a, scheduler=sched_a,
+                     checkpoint_dir=tmp_path / "a", progress=False)
+
+    class Disconnect(Exception):
+        pass
+
+    def drop_after_two(record: train.EpochRecord) -> None:
+        if record.epoch == 2:
+            raise Disconnect  # the Colab runtime goes away after epoch 2
+
+    model_b, opt_b, sched_b, loader_b = _setup()
+    with pytest.raises(Disconnect):
+        train.fit(model_b, loader_b, epochs=5, optimizer=opt_b, scheduler=sched_b,
+                  checkpoint_dir=tmp_path / "b", on_epoch_end=drop_after_two, progress=False)
+
+    # A fresh process: new model, optimizer and scheduler, then fit again on the same folder.
+    model_c, opt_c, sched_c, loader_c = _setup(seed=123)
+    resumed = train.fit(model_c, loader_c, epochs=5, optimizer=opt_c, scheduler=sched_c,
+                        checkpoint_dir=tmp_path / "b", progress=False)
+    assert len(resumed.epochs) == 5
+    for (name, a), b in zip(model_a.state_dict().items(), model_c.state_dict().values()):
+        assert torch.equal(a, b), f"{name} differs after resume"
+    assert [r.train_loss for r in resumed.epochs] == [r.train_loss for r in full.epochs]
+    assert opt_c.param_groups[0]["lr"] == opt_a.param_groups[0]["lr"]
+
+
+def test_checkpoints_are_safetensors_with_optimizer_state(tmp_path: Path) -> None:
+    model, opt, sched, loader = _setup()
+    train.fit(model, loader, epochs=2, optimizer=opt, scheduler=sched, checkpoint_dir=tmp_path,
+              val_loader=loader, progress=False)
+    with safe_open(tmp_path / "last.safetensors", framework="pt") as f:
+        keys = list(f.keys())
+        meta = f.metadata()
+    assert any(k.startswith("model.") for k in keys) and any(k.startswith("optimizer.") for k in keys)
+    assert {"optimizer", "scheduler", "history", "progress"} <= set(meta)
+    assert (tmp_path / "best.safetensors").is_file()
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_a_finished_run_is_not_repeated(tmp_path: Path) -> None:
+    model, opt, _, loader = _setup()
+    train.fit(model, loader, epochs=2, optimizer=opt, checkpoint_dir=tmp_path, progress=False)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    model2, opt2, _, loader2 = _setup(seed=7)
+    history = train.fit(model2, loader2, epochs=2, optimizer=opt2, checkpoint_dir=tmp_path, progress=False)
+    assert len(history.epochs) == 2
+    assert all(torch.equal(weights[k], v) for k, v in model2.state_dict().items())
+
+
+def test_checkpoint_of_another_model_is_rejected(tmp_path: Path) -> None:
+    model, opt, _, loader = _setup()
+    train.fit(model, loader, epochs=1, optimizer=opt, checkpoint_dir=tmp_path, progress=False)
+    other = nn.Linear(8, 3)
+    with pytest.raises(ConfigError, match="does not fit this model"):
+        train.fit(other, loader, epochs=2, optimizer=torch.optim.SGD(other.parameters(), lr=0.1),
+                  checkpoint_dir=tmp_path, progress=False)
+
+
+def test_early_stopping(tmp_path: Path) -> None:
+    model, _, _, loader = _setup()
+    frozen_lr = torch.optim.SGD(model.parameters(), lr=0.0)
+    history = train.fit(model, loader, val_loader=loader, epochs=20, optimizer=frozen_lr,
+                        early_stopping_patience=2, progress=False)
+    assert history.stopped_early and len(history.epochs) == 3
+
+
+def test_head_size_and_label_errors() -> None:
+    model, opt, _, loader = _setup()
+    with pytest.raises(ConfigError, match="replace_head"):
+        train.fit(model, loader, epochs=1, optimizer=opt, num_classes=3, progress=False)
+    bad = DataLoader(TensorDataset(torch.randn(4, 8), torch.tensor([0, 1, 2, 5])), batch_size=4)
+    with pytest.raises(DataError, match="labels must lie in"):
+        train.fit(model, bad, epochs=1, optimizer=opt, progress=False)
+
+
+def test_gradient_clipping_bounds_the_update() -> None:
+    model = nn.Linear(8, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(16, 8) * 1000  # huge inputs, huge gradients
+    loader = DataLoader(TensorDataset(x, torch.randint(0, 2, (16,))), batch_size=16)
+    train.fit(model, loader, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+              clip_grad_norm=0.01, progress=False)
+    step = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
+    assert float(step) <= 0.01 + 1e-6
+
+
+def test_nan_loss_stops_with_advice() -> None:
+    model = nn.Linear(8, 2)
+    loader = DataLoader(TensorDataset(torch.full((4, 8), float("nan")), torch.zeros(4, dtype=torch.long)), batch_size=4)
+    with pytest.raises(FloatingPointError, match="learning rate"):
+        train.fit(model, loader, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), progress=False)
+
+
+def test_evaluate_summaries() -> None:
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1, 1, 1])
+    result = evaluate.summarize(logits, labels, ["neg", "pos"])
+    assert result.accuracy == 0.75
+    assert result.confusion.tolist() == [[1, 0], [1, 2]]
+    assert "neg" in result.report and result.probs.shape == (4, 2)
+    model = nn.Sequential(nn.Dropout(0.9), nn.Linear(2, 2))
+    loader = DataLoader(TensorDataset(torch.randn(8, 2), torch.zeros(8, dtype=torch.long)), batch_size=8)
+    model.train()
+    a, b = evaluate.evaluate(model, loader), evaluate.evaluate(model, loader)
+    assert (a.probs == b.probs).all(), "evaluate must switch dropout off"
