@@ -20,7 +20,6 @@ PYTEST_ARGS ?=
 export TL_DATA_HOME := $(CURDIR)/.cache/transfer_utils
 export HF_HOME      := $(CURDIR)/.cache/huggingface
 export TORCH_HOME   := $(CURDIR)/.cache/torch
-export MPLBACKEND   := Agg
 export PYTHONUNBUFFERED := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 

@@ -67,6 +67,8 @@ def execute(scale: str, names: list[str] | None = None, timeout: int = 1800) -> 
     # Progress bars are for people at a keyboard: in a rendered page they are only noise.
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Figures must reach the notebook: a headless MPLBACKEND=Agg would make plt.show() a no-op.
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     out_dir = executed_dir(scale)
     out_dir.mkdir(parents=True, exist_ok=True)
     timings_file = out_dir / "timings.json"

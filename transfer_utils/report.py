@@ -1,4 +1,4 @@
-"""Record a chapter's measured numbers so that prose, tests and readers see the same values.
+r"""Record a chapter's measured numbers so that prose, tests and readers see the same values.
 
 :func:`glue` stores a value in the cell's output exactly as ``myst_nb.glue`` does, so the
 rendered book can quote it inline (``{glue:text}`\`hymenoptera_acc:.1%\``) and the notebook

@@ -1,0 +1,114 @@
+"""The book builds with -W from the executed chapters, and every page works in a real browser:
+it loads, shows no error output, typesets its math with the offline MathJax, and its images exist."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.book
+
+
+def _toc_pages() -> list[str]:
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    pages = [toc["root"]]
+    for part in toc.get("parts", []):
+        pages += [ch["file"] for ch in part["chapters"]]
+    return pages
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    pytest.fail("Chromium is needed for the HTML checks: `make test` installs it (apt-get install chromium)")
+
+
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--hide-scrollbars"]
+
+
+def _dump_dom(html: Path, tmp: Path) -> tuple[str, str]:
+    proc = subprocess.run(
+        [_chromium(), *CHROME_FLAGS, f"--user-data-dir={tmp}", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=15000", "--dump-dom", html.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout, proc.stderr
+
+
+class _Assets(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.scripts: list[str] = []
+
+    def handle_starttag(self, tag, attrs):  # type: ignore[no-untyped-def]
+        a = dict(attrs)
+        if tag == "img" and a.get("src"):
+            self.images.append(a["src"])
+        if tag == "script" and a.get("src"):
+            self.scripts.append(a["src"])
+
+
+def test_every_toc_page_is_built(built_site: Path) -> None:
+    for page in _toc_pages():
+        assert (built_site / f"{page}.html").is_file(), f"{page} missing from the build"
+    assert (built_site / "index.html").is_file()
+
+
+@pytest.mark.parametrize("page", _toc_pages())
+def test_page_in_chromium(built_site: Path, page: str, tmp_path: Path) -> None:
+    html = built_site / f"{page}.html"
+    source = html.read_text()
+    dom, log = _dump_dom(html, tmp_path)
+    assert "<main" in dom and "Transfer Learning with PyTorch" in dom, "the page did not load"
+    # No cell of an executed chapter may show an error or a traceback.
+    assert "Traceback (most recent call last)" not in dom
+    assert not re.search(r'class="[^"]*\boutput\b[^"]*\b(traceback|error)\b', source)
+    assert "Uncaught" not in log, f"JavaScript error on {page}: {log[-1500:]}"
+    # Math must be typeset by MathJax loaded from the book itself, not a CDN.
+    parser = _Assets()
+    parser.feed(source)
+    mathjax = [s for s in parser.scripts if "mathjax" in s.lower() or "tex-" in s.lower()]
+    assert not any(s.startswith(("http:", "https:", "//")) for s in mathjax), f"MathJax from a CDN: {mathjax}"
+    if 'class="math' in source:
+        assert mathjax, f"{page}: math but no MathJax"
+        assert "<mjx-container" in dom, f"{page}: math present but not typeset"
+        assert not re.search(r"\$\$|\\\[", re.sub(r"<(script|pre)[^>]*>.*?</\1>", "", dom, flags=re.S)), \
+            f"{page}: raw TeX left on the page"
+    # Every image the page references exists in the build.
+    for src in parser.images:
+        if not src.startswith(("http:", "https:", "data:")):
+            assert (html.parent / src.split("#")[0]).is_file(), f"{page}: missing image {src}"
+
+
+def test_chapter_shows_its_figures_and_exercises(built_site: Path) -> None:
+    source = (built_site / "notebooks" / "03_feature_extraction.html").read_text()
+    parser = _Assets()
+    parser.feed(source)
+    assert sum(1 for s in parser.images if s.endswith(".png")) >= 6, "expected the chapter's plots"
+    assert source.count('class="admonition exercise') >= 3 or source.count("exercise") >= 3
+    assert "dropdown" in source  # solutions are hidden until opened
+    assert "colab.research.google.com" in source  # the launch button
+
+
+def test_screenshots_for_a_person(built_site: Path, tmp_path: Path) -> None:
+    """Three representative pages rendered to PNG under _build/screenshots/ (for a person to look at)."""
+    out = built_site.parent / "screenshots"
+    out.mkdir(exist_ok=True)
+    for page in ("book/index", "notebooks/03_feature_extraction", "book/setup"):
+        png = out / (page.replace("/", "_") + ".png")
+        png.unlink(missing_ok=True)
+        subprocess.run([_chromium(), *CHROME_FLAGS, f"--user-data-dir={tmp_path}", "--window-size=1280,2000",
+                        "--virtual-time-budget=10000", f"--screenshot={png}", (built_site / f"{page}.html").as_uri()],
+                       capture_output=True, timeout=120, check=True)
+        assert png.is_file() and png.stat().st_size > 20_000, f"{png} looks empty"
