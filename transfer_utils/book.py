@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import nbformat
 import yaml
 
 #: The repository this (editable) package lives in.
@@ -108,7 +109,12 @@ def stage(scale: str) -> Path:
             shutil.copy2(src, target / name)
     (target / "notebooks").mkdir()
     for nb in notebooks():
-        shutil.copy2(src_executed / nb.name, target / "notebooks" / nb.name)
+        executed = nbformat.read(src_executed / nb.name, as_version=4)
+        for cell in executed.cells:  # papermill's injected SCALE: folded away, still inspectable
+            tags = cell.metadata.get("tags", [])
+            if "injected-parameters" in tags and "hide-cell" not in tags:
+                cell.metadata["tags"] = [*tags, "hide-cell"]
+        nbformat.write(executed, target / "notebooks" / nb.name)
     config = yaml.safe_load((target / "_config.yml").read_text())
     config["execute"]["execute_notebooks"] = "off"  # already executed, exactly once
     (target / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
