@@ -101,3 +101,20 @@ def test_substitutions_are_announced(executed_notebooks: dict[str, Path]) -> Non
     if used != "resnet18":
         assert "OFFLINE MODE is ON" in text
         assert f"SUBSTITUTION: 'resnet18'" in text and f"Using '{used}'" in text
+
+
+@pytest.mark.notebooks
+def test_outputs_are_reproducible_with_nbval(executed_notebooks: dict[str, Path], tmp_path: Path) -> None:
+    """Re-run each executed chapter with nbval: cells tagged ``nbval-check-output`` (backbone and
+    preprocessing, tokenisation, data splits) must print exactly what the first execution printed."""
+    import subprocess
+    import sys
+
+    for name, path in executed_notebooks.items():
+        nb = nbformat.read(path, as_version=4)
+        checked = [c for c in nb.cells if "nbval-check-output" in c.metadata.get("tags", [])]
+        assert checked, f"{name}: no cell is tagged nbval-check-output"
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+                               "--nbval-current-env", str(path), "--rootdir", str(tmp_path)],
+                              capture_output=True, text=True, cwd=REPO / "notebooks", timeout=1200)
+        assert proc.returncode == 0, f"{name}: nbval found differences\n{proc.stdout[-4000:]}"

@@ -102,9 +102,14 @@ def extract_features(
         trunk.eval().to(device)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         xs, ys = [], []
-        for images, labels in tqdm(loader, desc=f"features {tag}", leave=False):
-            xs.append(trunk(images.to(device)).float().cpu())
-            ys.append(labels)
+        # The bar wraps the loop, not the loader: the loader's iterator (and its worker
+        # processes) is then released as soon as the loop ends, not at a later garbage collection
+        # that would stall whatever code happens to run then.
+        with tqdm(total=len(loader), desc=f"features {tag}", leave=False) as bar:
+            for images, labels in loader:
+                xs.append(trunk(images.to(device)).float().cpu())
+                ys.append(labels)
+                bar.update()
         return torch.cat(xs), torch.cat(ys)
 
     return _load_or_compute(cache_dir, tag, key, compute)

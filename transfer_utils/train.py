@@ -181,8 +181,9 @@ def _run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable[..., torc
     training = optimizer is not None
     model.train(training)
     total_loss, correct, seen = 0.0, 0, 0
-    with torch.set_grad_enabled(training):
-        for inputs, labels in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    with torch.set_grad_enabled(training), tqdm(total=len(loader), desc=desc, leave=False, disable=not progress) as bar:
+        for inputs, labels in loader:
+            bar.update()
             inputs, labels = inputs.to(device), labels.to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(inputs)
