@@ -115,3 +115,28 @@ def test_unknown_models_are_rejected() -> None:
         models.create_backbone("vgg16")
     with pytest.raises(ConfigError, match="registered"):
         models.create_text_encoder("resnet18")
+
+
+def test_bert_stages_freeze_and_param_groups() -> None:
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    cfg = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                     intermediate_size=32, num_labels=2)
+    clf = BertForSequenceClassification(cfg)
+    assert list(models.stages(clf)) == ["embeddings", "encoder.0", "encoder.1", "encoder.2", "head"]
+    models.freeze(clf, until="encoder.1")
+    trainable = {n.split(".")[1] if n.startswith("bert.") else n.split(".")[0]
+                 for n, p in clf.named_parameters() if p.requires_grad}
+    assert trainable == {"encoder", "pooler", "classifier"}
+    assert not any(p.requires_grad for p in clf.bert.encoder.layer[1].parameters())
+    assert all(p.requires_grad for p in clf.bert.encoder.layer[2].parameters())
+    groups = models.param_groups(clf, {"encoder.2": 1e-5, "head": 1e-4})
+    assert [g["name"] for g in groups] == ["encoder.2", "head"]
+    assert list(models.stages(BertModel(cfg)))[-1] == "head"  # the bare encoder's pooler
+
+
+def test_text_classifier_from_the_mirror() -> None:
+    tok, clf, used = models.create_text_classifier("sentence-transformers/all-MiniLM-L6-v2", 2, offline=True)
+    batch = tok(["great", "awful"], padding=True, return_tensors="pt")
+    assert clf(**batch).logits.shape == (2, 2)
+    assert list(models.stages(clf))[:2] == ["embeddings", "encoder.0"] and len(models.stages(clf)) == 8

@@ -229,6 +229,8 @@ def stages(model: nn.Module) -> "OrderedDict[str, list[nn.Module]]":
 
     * ResNet: ``stem`` (conv1, bn1), ``layer1`` … ``layer4``, ``head`` (fc)
     * timm EfficientNet: ``stem``, ``blocks.0`` … ``blocks.6``, ``head`` (conv_head, bn2, classifier)
+    * BERT-family (transformers): ``embeddings``, ``encoder.0`` … ``encoder.N-1``, ``head``
+      (pooler and classifier, where present)
     """
     out: OrderedDict[str, list[nn.Module]] = OrderedDict()
     if all(hasattr(model, a) for a in ("conv1", "layer1", "layer4", "fc")):
@@ -241,6 +243,15 @@ def stages(model: nn.Module) -> "OrderedDict[str, list[nn.Module]]":
         for i, block in enumerate(model.blocks):
             out[f"blocks.{i}"] = [block]
         out["head"] = [model.conv_head, model.bn2, model.classifier]
+    elif hasattr(model, "config") and hasattr(getattr(model, model.base_model_prefix, model), "encoder"):
+        # Hugging Face BERT-family encoders (bare or with a sequence-classification head).
+        base = getattr(model, model.base_model_prefix, model)
+        out["embeddings"] = [base.embeddings]
+        for i, layer in enumerate(base.encoder.layer):
+            out[f"encoder.{i}"] = [layer]
+        head = [m for m in (getattr(base, "pooler", None), getattr(model, "classifier", None)) if m is not None]
+        if head:
+            out["head"] = head
     else:
         raise ConfigError(f"no stage map for {type(model).__name__}; add one to transfer_utils.models.stages")
     return out
@@ -332,3 +343,15 @@ def create_text_encoder(name: str, *, offline: bool = False) -> tuple[Any, nn.Mo
     tokenizer = AutoTokenizer.from_pretrained(asset.canonical)
     encoder = AutoModel.from_pretrained(asset.canonical)
     return tokenizer, encoder, name
+
+
+def create_text_classifier(name: str, num_labels: int, *, offline: bool = False) -> tuple[Any, nn.Module, str]:
+    """Return ``(tokenizer, AutoModelForSequenceClassification, name_used)`` with a fresh
+    ``num_labels``-way head on the pretrained encoder (same offline rules as :func:`create_text_encoder`)."""
+    from transformers import AutoModelForSequenceClassification
+
+    if num_labels < 2:
+        raise ConfigError(f"a classifier needs num_labels >= 2, got {num_labels}")
+    tokenizer, _, used = create_text_encoder(name, offline=offline)
+    model = AutoModelForSequenceClassification.from_pretrained(assets.MODELS[used].canonical, num_labels=num_labels)
+    return tokenizer, model, used
