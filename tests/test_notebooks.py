@@ -118,3 +118,30 @@ def test_outputs_are_reproducible_with_nbval(executed_notebooks: dict[str, Path]
                                "--nbval-current-env", str(path), "--rootdir", str(tmp_path)],
                               capture_output=True, text=True, cwd=REPO / "notebooks", timeout=1200)
         assert proc.returncode == 0, f"{name}: nbval found differences\n{proc.stdout[-4000:]}"
+
+
+@pytest.mark.notebooks
+def test_positive_and_negative_transfer_results(executed_notebooks: dict[str, Path]) -> None:
+    nb = nbformat.read(executed_notebooks["01_when_transfer_helps.ipynb"], as_version=4)
+    glued = {k: float(v) for k, v in read_glued(nb).items()}
+    assert glued["tl_small_n"] == 64 and glued["tl_gain_small"] > 0.02      # positive transfer, few labels
+    assert glued["tl_loss_large"] > 0.05                                       # negative transfer, many labels
+
+
+@pytest.mark.notebooks
+def test_every_derivation_is_checked(executed_notebooks: dict[str, Path]) -> None:
+    nb = nbformat.read(executed_notebooks["02_loss_and_gradients.ipynb"], as_version=4)
+    text = _outputs_text(nb)
+    checks = [line for line in text.splitlines() if "GradientCheck(" in line]
+    assert len(checks) >= 5 and all("GradientCheck(OK" in line for line in checks), checks
+    glued = {k: float(v) for k, v in read_glued(nb).items()}
+    assert glued["mse_grad_wrong"] < 1e-2 < 0.9 < glued["ce_grad_wrong"]       # MSE saturates, CE does not
+    assert glued["l2sp_source"] > glued["nopen_source"]                        # L2-SP forgets less
+    assert glued["clip_end"] < 0.5
+    assert glued["head_vs_stem_disc"] > glued["head_vs_stem_uniform"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_is_in_the_toc(path: Path) -> None:
+    toc = (REPO / "_toc.yml").read_text()
+    assert f"notebooks/{path.stem}" in toc
