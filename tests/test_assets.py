@@ -150,3 +150,18 @@ def test_text_mirror_is_checksummed_and_split_reproducibly() -> None:
     assert a.test_texts == b.test_texts and a.test_texts != c.test_texts
     small = data.load_text_dataset("imdb", offline=True, max_train=100, max_test=50)
     assert len(small.train_texts) == 100 and sum(small.train_labels) == 50 and len(small.test_texts) == 50
+
+
+def test_official_flowers_archive_is_arranged_like_the_mirror(tmp_path: Path) -> None:
+    """The canonical 17flowers.tgz is a flat jpg/ folder; our rule must rebuild the mirror's split."""
+    asset = assets.IMAGE_DATASETS["flowers17"]
+    (tmp_path / "jpg").mkdir()
+    for number in range(1, 1361):
+        (tmp_path / "jpg" / f"image_{number:04d}.jpg").write_bytes(b"x")
+    assets._flowers17_from_official(tmp_path, asset)
+    ours = sorted(p.relative_to(tmp_path / asset.top_folder).as_posix()
+                  for p in (tmp_path / asset.top_folder).rglob("*.jpg"))
+    mirror_root = assets.fetch_dataset("flowers17", offline=True)
+    mirror = sorted(p.relative_to(mirror_root).as_posix() for p in mirror_root.rglob("*.jpg"))
+    assert ours == mirror and len(ours) == 1360
+    assert not (tmp_path / "jpg").exists()
