@@ -100,7 +100,7 @@ def test_substitutions_are_announced(executed_notebooks: dict[str, Path]) -> Non
     used = next(line.split()[1] for line in text.splitlines() if line.startswith("backbone: "))
     if used != "resnet18":
         assert "OFFLINE MODE is ON" in text
-        assert f"SUBSTITUTION: 'resnet18'" in text and f"Using '{used}'" in text
+        assert "SUBSTITUTION: 'resnet18'" in text and f"Using '{used}'" in text
 
 
 @pytest.mark.notebooks

@@ -32,7 +32,7 @@ import sys
 import tarfile
 import urllib.request
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import AssetUnavailableError, ChecksumMismatchError
