@@ -86,10 +86,15 @@ def _torchvision_backbone(name: str, pretrained: bool) -> Backbone:
     return Backbone(name, name, model, model.fc.in_features, prep, source)
 
 
-def _timm_backbone(name: str, pretrained: bool) -> Backbone:
+def _timm_backbone(name: str, pretrained: bool, offline: bool = False) -> Backbone:
     import timm
 
-    model = timm.create_model(name, pretrained=pretrained)
+    overlay = {}
+    if pretrained and offline:  # read the cached file directly: no hub request at all
+        from huggingface_hub import try_to_load_from_cache
+
+        overlay = {"file": try_to_load_from_cache(assets.MODELS[name].canonical, "model.safetensors")}
+    model = timm.create_model(name, pretrained=pretrained, pretrained_cfg_overlay=overlay or None)
     cfg = model.pretrained_cfg
     size = int(cfg["input_size"][-1])
     prep = Preprocessing(size, int(round(size / cfg.get("crop_pct", 0.875))), cfg.get("interpolation", "bicubic"),
@@ -128,9 +133,10 @@ def create_backbone(name: str, *, pretrained: bool = True, offline: bool = False
             sub = create_backbone(asset.offline_substitute, pretrained=True, offline=True)
             sub.requested = name
             return sub
-    build = _torchvision_backbone if asset.library == "torchvision" else _timm_backbone
     try:
-        return build(name, pretrained)
+        if asset.library == "torchvision":
+            return _torchvision_backbone(name, pretrained)
+        return _timm_backbone(name, pretrained, offline)
     except OSError as err:  # URLError, connection errors and missing cache files all derive from it
         where = (assets.torch_checkpoint_dir() / asset.canonical.rsplit("/", 1)[-1] if asset.library == "torchvision"
                  else f"the Hugging Face cache ({assets.hf_hub_cache()})")
@@ -281,10 +287,13 @@ def freeze(model: nn.Module, until: str | None = None) -> nn.Module:
     return model
 
 
-def param_groups(model: nn.Module, lrs: dict[str, float], default_lr: float | None = None) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, lrs: dict[str, float], default_lr: float | None = None,
+                 include_frozen: bool = False) -> list[dict[str, Any]]:
     """Optimizer parameter groups with one learning rate per stage (discriminative LRs).
 
-    Only trainable parameters are included, so frozen stages never reach the optimizer.
+    Only trainable parameters are included, so frozen stages never reach the optimizer —
+    unless ``include_frozen=True``, for schedules that unfreeze stages later (their
+    parameters have no gradient while frozen, so the optimizer leaves them alone).
     Stages missing from ``lrs`` get ``default_lr`` (or are left out if it is ``None``).
 
     Example::
@@ -298,7 +307,7 @@ def param_groups(model: nn.Module, lrs: dict[str, float], default_lr: float | No
     groups = []
     for name, modules in named.items():
         lr = lrs.get(name, default_lr)
-        params = [p for p in _params(modules) if p.requires_grad]
+        params = [p for p in _params(modules) if p.requires_grad or include_frozen]
         if lr is not None and params:
             groups.append({"params": params, "lr": lr, "name": name})
     if not groups:
@@ -340,8 +349,8 @@ def create_text_encoder(name: str, *, offline: bool = False) -> tuple[Any, nn.Mo
             )
         announce_substitution(name, asset.offline_substitute, "it is not cached and the hub is offline")
         return create_text_encoder(asset.offline_substitute, offline=True)
-    tokenizer = AutoTokenizer.from_pretrained(asset.canonical)
-    encoder = AutoModel.from_pretrained(asset.canonical)
+    tokenizer = AutoTokenizer.from_pretrained(asset.canonical, local_files_only=offline)
+    encoder = AutoModel.from_pretrained(asset.canonical, local_files_only=offline)
     return tokenizer, encoder, name
 
 
@@ -353,5 +362,6 @@ def create_text_classifier(name: str, num_labels: int, *, offline: bool = False)
     if num_labels < 2:
         raise ConfigError(f"a classifier needs num_labels >= 2, got {num_labels}")
     tokenizer, _, used = create_text_encoder(name, offline=offline)
-    model = AutoModelForSequenceClassification.from_pretrained(assets.MODELS[used].canonical, num_labels=num_labels)
+    model = AutoModelForSequenceClassification.from_pretrained(assets.MODELS[used].canonical, num_labels=num_labels,
+                                                               local_files_only=offline)
     return tokenizer, model, used

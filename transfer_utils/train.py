@@ -238,6 +238,7 @@ def fit(
     resume: bool = True,
     seed: int = 0,
     num_classes: int | None = None,
+    on_epoch_start: Callable[[int], None] | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
     progress: bool = True,
 ) -> History:
@@ -251,6 +252,8 @@ def fit(
     * ``checkpoint_dir``: save after every epoch; with ``resume=True`` a later call continues
       from the last finished epoch (a finished run returns at once with its history).
     * ``num_classes``: checked against the model's output size on the first batch.
+    * ``on_epoch_start(epoch)`` runs before each epoch (0-based; also after a resume), e.g. a
+      :class:`~transfer_utils.schedules.GradualUnfreezer`; ``on_epoch_end(record)`` after it.
     """
     if epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
@@ -281,6 +284,8 @@ def fit(
             return history
 
     for epoch in range(start_epoch, epochs):
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
         _reseed(seed, epoch, train_loader)
         t0 = time.perf_counter()
         common = dict(loss_fn=loss_fn, device=device, amp_dtype=amp_dtype, num_classes=num_classes, progress=progress)
