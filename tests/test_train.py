@@ -151,3 +151,17 @@ def test_evaluate_summaries() -> None:
     model.train()
     a, b = evaluate.evaluate(model, loader), evaluate.evaluate(model, loader)
     assert (a.probs == b.probs).all(), "evaluate must switch dropout off"
+
+
+def test_frozen_batchnorm_keeps_its_statistics() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    model[0].requires_grad_(False)
+    model[1].requires_grad_(False)
+    loader = DataLoader(TensorDataset(torch.randn(32, 4) * 3 + 5, torch.randint(0, 2, (32,))), batch_size=8)
+    stats = model[1].running_mean.clone()
+    train.fit(model, loader, epochs=1, optimizer=torch.optim.SGD(model[3].parameters(), lr=0.1),
+              frozen_bn_eval=True, progress=False)
+    assert torch.equal(model[1].running_mean, stats)
+    train.fit(model, loader, epochs=1, optimizer=torch.optim.SGD(model[3].parameters(), lr=0.1), progress=False)
+    assert not torch.equal(model[1].running_mean, stats), "without the switch, train mode updates BN statistics"

@@ -287,6 +287,23 @@ def freeze(model: nn.Module, until: str | None = None) -> nn.Module:
     return model
 
 
+def frozen_batchnorm_eval(model: nn.Module) -> int:
+    """Put every BatchNorm layer whose parameters are all frozen into ``eval()`` mode.
+
+    Call it after ``model.train()`` (``fit(frozen_bn_eval=True)`` does): frozen BatchNorm layers
+    then normalise with their pretrained running statistics instead of the current batch's, and
+    stop overwriting those statistics. Returns how many layers were switched.
+    """
+    switched = 0
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+                switched += 1
+    return switched
+
+
 def param_groups(model: nn.Module, lrs: dict[str, float], default_lr: float | None = None,
                  include_frozen: bool = False) -> list[dict[str, Any]]:
     """Optimizer parameter groups with one learning rate per stage (discriminative LRs).

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .data import check_labels
 from .errors import ConfigError
+from .models import frozen_batchnorm_eval
 
 
 @dataclass
@@ -177,9 +178,12 @@ def _reseed(seed: int, epoch: int, loader: DataLoader) -> None:
 def _run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable[..., torch.Tensor], device: torch.device, *,
                optimizer: torch.optim.Optimizer | None, scaler: torch.amp.GradScaler | None,
                amp_dtype: torch.dtype | None, clip_grad_norm: float | None,
-               scheduler_per_step: Any, num_classes: int | None, desc: str, progress: bool) -> tuple[float, float]:
+               scheduler_per_step: Any, num_classes: int | None, desc: str, progress: bool,
+               frozen_bn_eval: bool = False) -> tuple[float, float]:
     training = optimizer is not None
     model.train(training)
+    if training and frozen_bn_eval:
+        frozen_batchnorm_eval(model)
     total_loss, correct, seen = 0.0, 0, 0
     with torch.set_grad_enabled(training), tqdm(total=len(loader), desc=desc, leave=False, disable=not progress) as bar:
         for inputs, labels in loader:
@@ -240,6 +244,7 @@ def fit(
     num_classes: int | None = None,
     on_epoch_start: Callable[[int], None] | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    frozen_bn_eval: bool = False,
     progress: bool = True,
 ) -> History:
     """Train ``model`` for ``epochs`` epochs and return its :class:`History`.
@@ -252,6 +257,8 @@ def fit(
     * ``checkpoint_dir``: save after every epoch; with ``resume=True`` a later call continues
       from the last finished epoch (a finished run returns at once with its history).
     * ``num_classes``: checked against the model's output size on the first batch.
+    * ``frozen_bn_eval=True`` keeps BatchNorm layers of frozen stages in eval mode while the
+      rest trains (see :func:`~transfer_utils.models.frozen_batchnorm_eval`).
     * ``on_epoch_start(epoch)`` runs before each epoch (0-based; also after a resume), e.g. a
       :class:`~transfer_utils.schedules.GradualUnfreezer`; ``on_epoch_end(record)`` after it.
     """
@@ -292,7 +299,7 @@ def fit(
         train_loss, train_acc = _run_epoch(
             model, train_loader, optimizer=optimizer, scaler=scaler, clip_grad_norm=clip_grad_norm,
             scheduler_per_step=scheduler if scheduler_interval == "step" else None,
-            desc=f"epoch {epoch + 1}/{epochs}", **common)
+            desc=f"epoch {epoch + 1}/{epochs}", frozen_bn_eval=frozen_bn_eval, **common)
         val_loss = val_acc = None
         if val_loader is not None:
             val_loss, val_acc = _run_epoch(model, val_loader, optimizer=None, scaler=None, clip_grad_norm=None,

@@ -1,0 +1,118 @@
+"""Save, reload in a fresh process, predict on any image; Grad-CAM on ResNet-18/50."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from transfer_utils import explain, inference, models
+from transfer_utils.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> tuple[Path, list[Path]]:
+    torch.manual_seed(0)
+    bb = models.create_backbone("resnet18", pretrained=False)
+    model = models.replace_head(bb.model, 3)
+    out = tmp_path_factory.mktemp("clf")
+    inference.save_classifier(out / "model", model, architecture="resnet18",
+                              class_names=["ant", "bee", "wasp"], preprocessing=bb.preprocessing)
+    rng = np.random.default_rng(0)
+    imgs = out / "imgs"
+    imgs.mkdir()
+    paths = []
+    for name, mode, size in (("rgba.png", "RGBA", (300, 200)), ("grey.png", "L", (64, 64)),
+                             ("tiny.jpg", "RGB", (10, 7)), ("huge.jpg", "RGB", (3000, 2000)),
+                             ("cmyk.jpg", "CMYK", (120, 90))):
+        arr = rng.integers(0, 255, (size[1], size[0], len(mode)), dtype=np.uint8)
+        img = Image.fromarray(arr.squeeze(), mode=mode) if mode != "CMYK" else Image.new("CMYK", size, (10, 200, 30, 0))
+        img.save(imgs / name)
+        paths.append(imgs / name)
+    return out / "model", paths
+
+
+def test_reload_in_a_fresh_process_gives_identical_predictions(saved) -> None:
+    folder, paths = saved
+    here = inference.predict(inference.load_classifier(folder), paths)
+    code = ("import json, sys; from transfer_utils import inference; "
+            "clf = inference.load_classifier(sys.argv[1]); "
+            "print(json.dumps([p.probabilities for p in inference.predict(clf, sys.argv[2:])]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(folder), *map(str, paths)],
+                          capture_output=True, text=True, check=True)
+    there = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(here) == len(paths) == len(there)
+    for a, b in zip(here, there):
+        assert a.probabilities == pytest.approx(b, abs=1e-6)
+        assert a.label in ("ant", "bee", "wasp") and abs(sum(a.probabilities.values()) - 1) < 1e-5
+
+
+def test_tta_averages_the_mirror_image(saved) -> None:
+    folder, paths = saved
+    clf = inference.load_classifier(folder)
+    from transfer_utils.data import load_image
+
+    x = clf.preprocessing.eval_transform()(load_image(paths[0]))[None]
+    with torch.no_grad():
+        expected = (clf.model(x).softmax(-1) + clf.model(torch.flip(x, dims=[3])).softmax(-1))[0] / 2
+    tta = inference.predict(clf, paths[:1], tta=True)[0].probabilities
+    plain = inference.predict(clf, paths[:1])[0].probabilities
+    assert list(tta.values()) == pytest.approx(expected.tolist(), abs=1e-6)
+    assert list(tta.values()) != pytest.approx(list(plain.values()), abs=1e-6)
+
+
+def test_bad_inputs(saved, tmp_path: Path) -> None:
+    folder, _ = saved
+    clf = inference.load_classifier(folder)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    with pytest.raises(DataError, match="bad.jpg"):
+        inference.predict(clf, [bad])
+    with pytest.raises(ConfigError, match="not a saved classifier"):
+        inference.load_classifier(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    (tmp_path / "classifier.json").write_text("{broken")
+    with pytest.raises(ConfigError, match="damaged"):
+        inference.load_classifier(tmp_path)
+    with pytest.raises(ConfigError, match="outputs 3 classes but the data has 2"):
+        inference.save_classifier(tmp_path / "x", clf.model, architecture="resnet18",
+                                  class_names=["a", "b"], preprocessing=clf.preprocessing)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_grad_cam_on_layer4(arch: str) -> None:
+    torch.manual_seed(0)
+    model = models.replace_head(models.create_backbone(arch, pretrained=False).model, 2)
+    models.freeze(model, until="all")
+    x = torch.randn(2, 3, 96, 128)
+    cam = explain.grad_cam(model, x, model.layer4)
+    assert cam.shape == (2, 96, 128) and float(cam.min()) >= 0 and float(cam.max()) <= 1 + 1e-6
+    assert not model.layer4._forward_hooks, "hooks must be removed"
+    other = explain.grad_cam(model, x, model.layer4, class_index=1)
+    assert other.shape == cam.shape
+
+
+def test_grad_cam_points_at_the_evidence() -> None:
+    """A model that scores class 1 by how bright the image is: the map peaks on the bright patch."""
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.fill_(0.1)
+        conv.bias.zero_()
+    head = nn.Linear(4, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[0.0] * 4, [1.0] * 4]))
+        head.bias.zero_()
+    model = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+    x = torch.zeros(1, 3, 32, 32)
+    x[:, :, 2:10, 20:28] = 1.0
+    cam = explain.grad_cam(model, x, conv, class_index=1)[0]
+    row, col = divmod(int(cam.argmax()), 32)
+    assert 2 <= row < 10 and 20 <= col < 28
+    assert float(cam[25, 5]) < 0.05

@@ -1,0 +1,116 @@
+"""Ship a fine-tuned image classifier: save it, load it in a fresh process, predict on any image.
+
+A saved classifier is a folder with two files:
+
+* ``model.safetensors`` — the weights (loading them never unpickles anything);
+* ``classifier.json`` — the registry architecture, the class names and the preprocessing.
+
+Example::
+
+    save_classifier("ants-bees", model, architecture=backbone.name,
+                    class_names=train_ds.classes, preprocessing=backbone.preprocessing)
+    clf = load_classifier("ants-bees")
+    predict(clf, ["photo.png"], tta=True)[0].label
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .data import Preprocessing, load_image
+from .errors import ConfigError
+from .models import check_head, create_backbone, replace_head
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Classifier:
+    """A loaded classifier: the network in eval mode plus what it needs to read an image."""
+
+    model: nn.Module
+    architecture: str
+    class_names: list[str]
+    preprocessing: Preprocessing
+
+
+@dataclass
+class Prediction:
+    """The predicted class of one image, its probability and all class probabilities."""
+
+    label: str
+    probability: float
+    probabilities: dict[str, float]
+
+
+def save_classifier(directory: str | Path, model: nn.Module, *, architecture: str, class_names: Sequence[str],
+                    preprocessing: Preprocessing) -> Path:
+    """Write ``model.safetensors`` and ``classifier.json`` into ``directory`` (each atomically).
+
+    ``architecture`` is the registry name of the backbone actually used (``backbone.name``, which
+    differs from the requested one after an offline substitution).
+    """
+    check_head(model, len(class_names))
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / "model.safetensors"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, weights.with_suffix(".part"))
+    weights.with_suffix(".part").replace(weights)
+    meta = {"format_version": FORMAT_VERSION, "architecture": architecture, "class_names": list(class_names),
+            "preprocessing": asdict(preprocessing)}
+    config = directory / "classifier.json"
+    config.with_suffix(".part").write_text(json.dumps(meta, indent=2))
+    config.with_suffix(".part").replace(config)
+    return directory
+
+
+def load_classifier(directory: str | Path, device: torch.device | str = "cpu") -> Classifier:
+    """Rebuild the architecture (no pretrained download), load the saved weights, switch to eval."""
+    directory = Path(directory)
+    config, weights = directory / "classifier.json", directory / "model.safetensors"
+    if not config.is_file() or not weights.is_file():
+        raise ConfigError(f"{directory} is not a saved classifier: it needs classifier.json and model.safetensors "
+                          "(written by transfer_utils.inference.save_classifier)")
+    try:
+        meta = json.loads(config.read_text())
+        prep = meta["preprocessing"]
+        preprocessing = Preprocessing(prep["input_size"], prep["resize_size"], prep["interpolation"],
+                                      tuple(prep["mean"]), tuple(prep["std"]))
+        architecture, class_names = meta["architecture"], list(meta["class_names"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ConfigError(f"{config} is damaged or from another program ({err!r}); save the model again") from None
+    model = replace_head(create_backbone(architecture, pretrained=False).model, len(class_names))
+    model.load_state_dict(load_file(weights))
+    return Classifier(model.eval().to(device), architecture, class_names, preprocessing)
+
+
+@torch.no_grad()
+def predict(classifier: Classifier, images: Sequence[str | Path | Image.Image], *, tta: bool = False,
+            batch_size: int = 16) -> list[Prediction]:
+    """Classify images of any mode and size. With ``tta=True``, average the probabilities of each
+    image and its mirror image (test-time augmentation)."""
+    transform = classifier.preprocessing.eval_transform()
+    device = next(classifier.model.parameters()).device
+    out: list[Prediction] = []
+    for start in range(0, len(images), batch_size):
+        batch = []
+        for item in images[start:start + batch_size]:
+            img = item.convert("RGB") if isinstance(item, Image.Image) else load_image(item)
+            batch.append(transform(img))
+        x = torch.stack(batch).to(device)
+        probs = classifier.model(x).softmax(-1)
+        if tta:
+            probs = (probs + classifier.model(torch.flip(x, dims=[3])).softmax(-1)) / 2
+        for row in probs.cpu():
+            k = int(row.argmax())
+            out.append(Prediction(classifier.class_names[k], float(row[k]),
+                                  {c: float(p) for c, p in zip(classifier.class_names, row)}))
+    return out
