@@ -3,6 +3,7 @@
 #   make book   create the environment if needed, execute every chapter, build _build/html
 #   make test   create the environment if needed, run every test (unit, notebooks, book, HTML)
 #   make lab    open JupyterLab on notebooks/ with the project's environment and kernel
+#   make book EDITION=student   the same book with the exercise solutions hidden
 #
 # Offline (no model hub reachable), pass the folder that holds the dataset archives:
 #   make test MIRROR=path/to/archives
@@ -13,6 +14,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 MIRROR ?=
 SCALE  ?= full
+EDITION ?= full
 PYTEST_ARGS ?=
 
 # Hermetic caches inside the project: a fresh clone starts from nothing, and nothing here
@@ -42,8 +44,8 @@ assets: env
 
 book: assets
 	@echo "== executing the chapters (SCALE=$(SCALE)) and building the book"
-	$(PY) -m transfer_utils.book all --scale $(SCALE)
-	@echo "== open _build/html/index.html"
+	$(PY) -m transfer_utils.book all --scale $(SCALE) --edition $(EDITION)
+	@echo "== open $(if $(filter student,$(EDITION)),_build/student/_build/html,_build/html)/index.html"
 
 chromium:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \

@@ -112,3 +112,21 @@ def test_screenshots_for_a_person(built_site: Path, tmp_path: Path) -> None:
                         "--virtual-time-budget=10000", f"--screenshot={png}", (built_site / f"{page}.html").as_uri()],
                        capture_output=True, timeout=120, check=True)
         assert png.is_file() and png.stat().st_size > 20_000, f"{png} looks empty"
+
+
+@pytest.fixture(scope="session")
+def student_site(executed_notebooks: dict[str, Path]) -> Path:
+    from transfer_utils import book
+
+    return book.build("ci", strict=True, edition="student").parent
+
+
+def test_student_edition_hides_every_solution(built_site: Path, student_site: Path) -> None:
+    for nb in sorted((REPO / "notebooks").glob("*.ipynb")):
+        page = f"notebooks/{nb.stem}.html"
+        full, student = (built_site / page).read_text(), (student_site / page).read_text()
+        exercises = full.count('class="exercise admonition"')
+        assert exercises >= 3 and student.count('class="exercise admonition"') == exercises
+        assert full.count('class="solution dropdown admonition"') == exercises
+        assert 'class="solution' not in student, f"{page}: a solution leaks into the student edition"
+    assert "student edition" in (student_site / "book" / "index.html").read_text()

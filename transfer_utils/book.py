@@ -11,6 +11,7 @@ Command line::
     python -m transfer_utils.book execute --scale ci     # notebooks only
     python -m transfer_utils.book build --scale ci       # stage + jupyter-book build -W
     python -m transfer_utils.book all --scale full       # both (what `make book` runs)
+    python -m transfer_utils.book build --edition student   # the same book, solutions hidden
 """
 
 from __future__ import annotations
@@ -91,14 +92,22 @@ def execute(scale: str, names: list[str] | None = None, timeout: int = 1800) -> 
     return results
 
 
-def stage(scale: str) -> Path:
-    """Copy the book sources and the executed notebooks to ``_build/stage/<scale>``."""
+EDITIONS = ("full", "student")
+
+
+def stage(scale: str, edition: str = "full") -> Path:
+    """Copy the book sources and the executed notebooks to ``_build/stage/<scale>[-student]``.
+
+    The ``student`` edition hides every ``{solution}`` (sphinx-exercise's ``hide_solutions``).
+    """
+    if edition not in EDITIONS:
+        raise ValueError(f"edition must be one of {EDITIONS}, got {edition!r}")
     repo = _repo()
     src_executed = executed_dir(scale)
     missing = [nb.name for nb in notebooks() if not (src_executed / nb.name).is_file()]
     if missing:
         raise FileNotFoundError(f"not executed yet at SCALE={scale}: {missing}; run `execute` first")
-    target = repo / "_build" / "stage" / scale
+    target = repo / "_build" / "stage" / (scale if edition == "full" else f"{scale}-{edition}")
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     for name in STAGED:
@@ -117,20 +126,29 @@ def stage(scale: str) -> Path:
         nbformat.write(executed, target / "notebooks" / nb.name)
     config = yaml.safe_load((target / "_config.yml").read_text())
     config["execute"]["execute_notebooks"] = "off"  # already executed, exactly once
+    if edition == "student":
+        config["title"] = f"{config['title']} (student edition)"
+        config["sphinx"]["config"]["hide_solutions"] = True
     (target / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     return target
 
 
-def build(scale: str, strict: bool = True) -> Path:
+def output_dir(edition: str = "full") -> Path:
+    """Where ``build`` writes the HTML: ``_build/html`` (full) or ``_build/student/_build/html``."""
+    root = _repo() if edition == "full" else _repo() / "_build" / edition
+    return root / "_build" / "html"
+
+
+def build(scale: str, strict: bool = True, edition: str = "full") -> Path:
     """Stage and run ``jupyter-book build`` (``-W -n --keep-going`` when strict); return index.html."""
-    target = stage(scale)
+    target = stage(scale, edition)
+    index = output_dir(edition) / "index.html"
     cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(target),
-           "--path-output", str(_repo()), "--all"]
+           "--path-output", str(index.parents[2]), "--all"]
     if strict:
         cmd += ["-W", "-n", "--keep-going"]
     print("[book]", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-    index = _repo() / "_build" / "html" / "index.html"
     if not index.is_file():
         raise FileNotFoundError(f"the build finished without {index}")
     return index
@@ -141,12 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["execute", "build", "all"])
     parser.add_argument("--scale", choices=["full", "ci"], default="full")
     parser.add_argument("--only", nargs="*", help="notebook names to execute (default: all)")
+    parser.add_argument("--edition", choices=EDITIONS, default="full",
+                        help="'student' hides the solutions of the exercises")
     args = parser.parse_args(argv)
     if args.command in ("execute", "all"):
         for r in execute(args.scale, args.only):
             print(json.dumps(asdict(r)))
     if args.command in ("build", "all"):
-        print(f"[book] built {build(args.scale)}")
+        print(f"[book] built {build(args.scale, edition=args.edition)}")
     return 0
 
 
