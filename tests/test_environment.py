@@ -40,3 +40,16 @@ def test_ci_runs_the_readme_test_command(repo: Path) -> None:
     ci = (repo / ".ci" / "run").read_text()
     readme = (repo / "README.md").read_text()
     assert "make test" in ci and "make test" in readme and "make book" in readme
+
+
+def test_pages_workflow_builds_with_the_readme_command(repo: Path) -> None:
+    """The deploy workflow cannot run here; check its structure and that its command exists."""
+    wf = yaml.safe_load((repo / ".github" / "workflows" / "deploy.yml").read_text())
+    build = wf["jobs"]["build"]
+    runs = [step["run"] for step in build["steps"] if "run" in step]
+    assert runs == ["make book"]
+    assert "\nbook:" in (repo / "Makefile").read_text()
+    upload = next(s for s in build["steps"] if s.get("uses", "").startswith("actions/upload-pages-artifact"))
+    assert upload["with"]["path"] == "_build/html"
+    assert wf["jobs"]["deploy"]["needs"] == "build"
+    assert wf[True]["push"]["branches"] == ["main"]  # YAML 1.1 reads the key `on` as True
