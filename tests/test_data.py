@@ -115,3 +115,50 @@ def test_preprocessing_normalises_with_the_backbones_statistics(tmp_path: Path) 
     assert torch.allclose(x[:, 0, 0], torch.tensor([1.0, 3.0, 1.0]))
     assert torch.allclose(prep.denormalize(x)[:, 0, 0], torch.ones(3))
     assert prep.train_transform()(Image.new("RGB", (50, 40))).shape == (3, 32, 32)
+
+
+def _folder(tmp_path: Path) -> data.ImageFolderDataset:
+    for i, (cls, color) in enumerate((("cat", (250, 10, 10)), ("dog", (10, 10, 250)))):
+        for k in range(3):
+            _img(tmp_path / "imgs" / cls / f"{k}.png", "RGB", color, size=(60 + 10 * k, 40))
+    return data.ImageFolderDataset(tmp_path / "imgs")
+
+
+def test_decode_images_once_and_reuse_the_cache(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    decoded = data.decode_images(folder, 24, cache_dir=tmp_path / "cache", tag="pets")
+    assert decoded.images.dtype == torch.uint8 and tuple(decoded.images.shape) == (6, 3, 24, 24)
+    assert decoded.targets == [0, 0, 0, 1, 1, 1] and decoded.classes == ["cat", "dog"]
+    assert int(decoded.images[0, 0].float().mean()) > 200 and int(decoded.images[3, 2].float().mean()) > 200
+    files = list((tmp_path / "cache").glob("pets-24px-*.safetensors"))
+    assert len(files) == 1
+    again = data.decode_images(folder, 24, cache_dir=tmp_path / "cache", tag="pets")
+    assert torch.equal(again.images, decoded.images)
+    # A changed file changes the key: the cache is never stale.
+    _img(tmp_path / "imgs" / "cat" / "0.png", "RGB", (0, 255, 0), size=(60, 40))
+    changed = data.decode_images(folder, 24, cache_dir=tmp_path / "cache", tag="pets")
+    assert len(list((tmp_path / "cache").glob("pets-24px-*.safetensors"))) == 2
+    assert int(changed.images[0, 1].float().mean()) > 200
+    with pytest.raises(DataError, match="at least 8"):
+        data.decode_images(folder, 4)
+
+
+def test_tensor_image_dataset_transforms_subsets_and_errors(tmp_path: Path) -> None:
+    decoded = data.decode_images(_folder(tmp_path), 32)
+    prep = data.Preprocessing(28, 32, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    val = decoded.with_transform(prep.tensor_transform(train=False))
+    x, y = val[4]
+    assert x.dtype == torch.float32 and tuple(x.shape) == (3, 28, 28) and y == 1
+    assert torch.equal(val[4][0], x), "evaluation views are deterministic"
+    assert x[2].mean() > 0.9 and x[0].mean() < -0.8   # blue image: normalised to about +1 / -1
+    train = decoded.with_transform(prep.tensor_transform(train=True, input_size=16))
+    torch.manual_seed(0)
+    views = torch.stack([train[0][0] for _ in range(4)])
+    assert tuple(views.shape) == (4, 3, 16, 16)
+    assert val.images is decoded.images, "with_transform shares the pixels"
+    sub = val.subset([1, 5])
+    assert len(sub) == 2 and sub.targets == [0, 1] and sub.class_counts() == {"cat": 1, "dog": 1}
+    with pytest.raises(DataError, match="uint8"):
+        data.TensorImageDataset(torch.zeros(2, 3, 8, 8), [0, 1], ["a", "b"])
+    with pytest.raises(DataError, match="2 images but 3 labels"):
+        data.TensorImageDataset(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), [0, 1, 1], ["a", "b"])

@@ -93,14 +93,39 @@ def test_feature_extraction_results(executed_notebooks: dict[str, Path]) -> None
 
 
 @pytest.mark.notebooks
-def test_substitutions_are_announced(executed_notebooks: dict[str, Path]) -> None:
+@pytest.mark.parametrize("name", ["03_feature_extraction.ipynb", "04_fine_tuning.ipynb"])
+def test_substitutions_are_announced(executed_notebooks: dict[str, Path], name: str) -> None:
     """Whenever a notebook ran with another backbone than its default, it said so."""
-    nb = nbformat.read(executed_notebooks["03_feature_extraction.ipynb"], as_version=4)
+    nb = nbformat.read(executed_notebooks[name], as_version=4)
     text = _outputs_text(nb)
     used = next(line.split()[1] for line in text.splitlines() if line.startswith("backbone: "))
     if used != "resnet18":
         assert "OFFLINE MODE is ON" in text
         assert "SUBSTITUTION: 'resnet18'" in text and f"Using '{used}'" in text
+
+
+@pytest.mark.notebooks
+def test_fine_tuning_results(executed_notebooks: dict[str, Path]) -> None:
+    """The orderings chapter 4 claims, on the CI subset (8 flowers and 24 ants/bees per class)."""
+    nb = nbformat.read(executed_notebooks["04_fine_tuning.ipynb"], as_version=4)
+    glued = read_glued(nb)
+    num = {k: float(v) for k, v in glued.items() if k not in ("resume_identical",) and not v.startswith("<")}
+    # Pretrained >> scratch, both pretrained regimes, both datasets.
+    for key in ("flowers", "ants"):
+        for regime in ("finetune", "frozen"):
+            assert num[f"{key}_{regime}_acc"] >= num[f"{key}_scratch_acc"] + 0.2, (key, regime)
+    # One image per class: scratch is at chance (1/17), pretrained features are not.
+    assert num["curve_scratch_smallest"] < 0.12 and min(num["curve_frozen_smallest"], num["curve_finetune_smallest"]) > 0.15
+    # Ants and bees are ImageNet classes: the untrained original head already separates them.
+    assert num["ants_zero_shot"] > 0.75
+    # Frozen BatchNorm left in train() mode drifts (the eval() case is asserted to be 0 in the chapter).
+    assert num["bn_train_drift"] > 0.1
+    # Forgetting: restoring BatchNorm statistics recovers much of it; in the weights, the aggressive
+    # run forgets most and L2-SP least.
+    assert num["forget_recipe_restored"] > num["forget_recipe_agree"]
+    assert num["forget_aggr_kl_restored"] > num["forget_recipe_kl_restored"] > num["forget_l2sp_kl_restored"]
+    assert glued["resume_identical"] == "True"
+    assert num["chapter_minutes"] < 4
 
 
 @pytest.mark.notebooks

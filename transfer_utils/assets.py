@@ -142,6 +142,39 @@ TEXT_DATASETS: dict[str, TextDatasetAsset] = {
     ),
 }
 
+@dataclass(frozen=True)
+class SampleImagesAsset:
+    """A handful of labelled photos named ``<prefix>_<i>_<label>.<ext>``, e.g. to check what an
+    ImageNet head still knows. Canonically inside a zip (a wheel); offline from its PyPI package."""
+
+    name: str
+    title: str
+    url: str  #: canonical archive holding the photos
+    sha256: str  #: of that archive
+    member_dir: str  #: folder of the photos inside the archive, and inside the mirror package
+    pattern: str  #: glob of the photos in that folder
+    count: int
+    content_sha256: str  #: content digest of the photos (see :func:`content_digest`)
+    mirror_package: str  #: the importable package whose files are that archive's (no import needed)
+    license: str
+
+
+SAMPLE_IMAGES: dict[str, SampleImagesAsset] = {
+    "imagenet_samples": SampleImagesAsset(
+        name="imagenet_samples",
+        title="20 labelled ImageNet validation photos, as shipped with Foolbox 3.3.4",
+        # PyPI's stable path for a wheel: /packages/<python tag>/<initial>/<project>/<file>
+        url="https://files.pythonhosted.org/packages/py3/f/foolbox/foolbox-3.3.4-py3-none-any.whl",
+        sha256="11049d515d38e765e206a73ace9cc648b81a0d6d1da9ad9057e149ee117989cb",
+        member_dir="foolbox/data",
+        pattern="imagenet_*.jpg",
+        count=20,
+        content_sha256="5a50bd0b4d58e062876fd55b3a73d40252d9360c92a020a3ae05d1fa7cce5119",
+        mirror_package="foolbox",
+        license="ImageNet photos: non-commercial research and education use (Foolbox itself: MIT)",
+    ),
+}
+
 MODELS: dict[str, ModelAsset] = {
     "resnet18": ModelAsset(
         name="resnet18",
@@ -419,6 +452,76 @@ def text_mirror_file(name: str) -> Path:
     return path
 
 
+def sample_label(path: Path) -> int:
+    """The class index in a sample photo's name: ``imagenet_07_609.jpg`` -> 609."""
+    try:
+        return int(path.stem.rsplit("_", 1)[1])
+    except (IndexError, ValueError) as err:
+        raise ChecksumMismatchError(f"{path.name}: expected a name ending in _<class index>") from err
+
+
+def fetch_sample_images(name: str = "imagenet_samples", *, offline: bool = False) -> list[tuple[Path, int]]:
+    """``(path, label)`` of every photo of sample set ``name`` (see :data:`SAMPLE_IMAGES`), verified.
+
+    Taken from the installed mirror package if there is one (``requirements-assets.txt``), else
+    from the canonical archive (downloaded atomically when online). The photos must match the
+    registered content digest before they are used.
+
+    Example::
+
+        for path, label in fetch_sample_images("imagenet_samples"):
+            print(path.name, label)
+    """
+    if name not in SAMPLE_IMAGES:
+        raise KeyError(f"unknown sample set {name!r}; registered: {sorted(SAMPLE_IMAGES)}")
+    asset = SAMPLE_IMAGES[name]
+    final = data_home() / "samples" / name
+    marker = final / ".verified"
+    if not (marker.is_file() and marker.read_text().strip() == asset.content_sha256):
+        part = final.with_name(name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
+        spec = importlib.util.find_spec(asset.mirror_package)
+        source = (Path(next(iter(spec.submodule_search_locations))).parent / asset.member_dir
+                  if spec is not None and spec.submodule_search_locations else None)
+        if source is not None and source.is_dir():
+            for src in source.glob(asset.pattern):
+                shutil.copyfile(src, part / src.name)
+        else:
+            archive = data_home() / "archives" / Path(asset.url).name
+            if archive.is_file():
+                verify_file(archive, asset.sha256, f"archive of {name}")
+            elif offline:
+                raise AssetUnavailableError(
+                    f"Sample photos {name!r} ({asset.title}) are not available offline.\n"
+                    f"Install their mirror package:  pip install --no-deps -r requirements-assets.txt\n"
+                    f"or copy {asset.url} (sha256 {asset.sha256}) to {archive}."
+                )
+            else:
+                try:
+                    download(asset.url, archive, asset.sha256)
+                except OSError as err:
+                    raise AssetUnavailableError(f"{err}: could not download {asset.url}. Install the mirror "
+                                                f"package instead: pip install --no-deps {asset.mirror_package}") from err
+            with zipfile.ZipFile(archive) as zf:
+                for member in zf.namelist():
+                    folder, _, fname = member.rpartition("/")
+                    if folder == asset.member_dir and Path(fname).match(asset.pattern):
+                        (part / fname).write_bytes(zf.read(member))
+        digest = content_digest(part)
+        if digest != asset.content_sha256:
+            shutil.rmtree(part, ignore_errors=True)
+            raise ChecksumMismatchError(
+                f"sample photos {name!r} have content digest {digest}, expected {asset.content_sha256}: "
+                f"reinstall {asset.mirror_package} or delete {data_home() / 'archives'} and fetch again."
+            )
+        (part / ".verified").write_text(asset.content_sha256 + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(part, final)
+    photos = sorted(final.glob(asset.pattern))
+    return [(p, sample_label(p)) for p in photos]
+
+
 def _hf_snapshot(repo_id: str, revision: str) -> Path:
     return hf_hub_cache() / ("models--" + repo_id.replace("/", "--")) / "snapshots" / revision
 
@@ -520,6 +623,11 @@ def seed(archive_dir: Path | None = None) -> list[str]:
             done.append(f"weights {name}: {fn()}")
         except AssetUnavailableError as err:
             done.append(f"skipped {name}: {str(err).splitlines()[0]}")
+    for name in SAMPLE_IMAGES:
+        try:
+            done.append(f"samples {name}: {len(fetch_sample_images(name, offline=True))} photos")
+        except AssetUnavailableError as err:
+            done.append(f"skipped {name}: {str(err).splitlines()[0]}")
     for name in TEXT_DATASETS:
         try:
             done.append(f"text {name}: {text_mirror_file(name)}")
@@ -538,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="print the registry")
     args = parser.parse_args(argv)
     if args.cmd == "list":
-        for reg in (IMAGE_DATASETS, TEXT_DATASETS, MODELS):
+        for reg in (IMAGE_DATASETS, TEXT_DATASETS, SAMPLE_IMAGES, MODELS):
             for key, asset in reg.items():
                 print(f"{key:42s} {getattr(asset, 'url', None) or getattr(asset, 'hf_id', None) or asset.canonical}")
         return 0

@@ -74,6 +74,19 @@ class Preprocessing:
             T.Normalize(self.mean, self.std),
         ])
 
+    def tensor_transform(self, train: bool, input_size: int | None = None,
+                         min_scale: float = 0.25) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The same pipeline for images already decoded to ``uint8`` tensors (see
+        :func:`decode_images`): a random resized crop covering at least ``min_scale`` of the
+        image and a horizontal flip when ``train``, a centre crop otherwise; then scale to
+        [0, 1] and normalise. ``input_size`` overrides the backbone's (e.g. 128 px on a CPU)."""
+        from torchvision.transforms import v2
+
+        size = input_size or self.input_size
+        crop = ([v2.RandomResizedCrop(size, scale=(min_scale, 1.0), interpolation=self._interp(), antialias=True),
+                 v2.RandomHorizontalFlip()] if train else [v2.CenterCrop(size)])
+        return v2.Compose([*crop, v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
+
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Undo the normalisation of a ``[..., 3, H, W]`` tensor, for display."""
         mean = torch.tensor(self.mean).view(3, 1, 1)
@@ -183,6 +196,80 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
         """Number of images per class name."""
         counts = np.bincount(self.targets, minlength=len(self.classes))
         return {c: int(n) for c, n in zip(self.classes, counts)}
+
+
+class TensorImageDataset(Dataset[tuple[Any, int]]):
+    """Images decoded once into a ``uint8`` tensor ``[N, 3, S, S]``, with their labels.
+
+    Decoding and resizing a JPEG costs more than a small network's forward pass on a CPU; with
+    the pixels in memory an epoch costs only the network. Random augmentation still works:
+    ``transform`` (e.g. :meth:`Preprocessing.tensor_transform`) runs on every access.
+
+    Example::
+
+        train = decode_images(ImageFolderDataset(root / "train"), size=146, cache_dir=cache)
+        train = train.with_transform(prep.tensor_transform(train=True, input_size=128))
+    """
+
+    def __init__(self, images: torch.Tensor, targets: Sequence[int], classes: Sequence[str],
+                 transform: Callable[[torch.Tensor], Any] | None = None) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise DataError(f"images must be a uint8 tensor [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+        if len(targets) != images.shape[0]:
+            raise DataError(f"{images.shape[0]} images but {len(targets)} labels")
+        self.images = images
+        self._targets = torch.as_tensor(list(targets), dtype=torch.long)
+        self.classes = list(classes)
+        self.transform = transform
+
+    @property
+    def targets(self) -> list[int]:
+        """The label of every image, in order."""
+        return self._targets.tolist()
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = self.images[index]
+        return (self.transform(image) if self.transform else image), int(self._targets[index])
+
+    def subset(self, indices: Sequence[int]) -> "TensorImageDataset":
+        """A dataset holding only ``indices`` (same classes, same transform)."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return TensorImageDataset(self.images[idx], self._targets[idx].tolist(), self.classes, self.transform)
+
+    def with_transform(self, transform: Callable[[torch.Tensor], Any] | None) -> "TensorImageDataset":
+        """The same images read through another transform (the pixels are shared, not copied)."""
+        return TensorImageDataset(self.images, self._targets.tolist(), self.classes, transform)
+
+    def class_counts(self) -> dict[str, int]:
+        """Number of images per class name."""
+        counts = np.bincount(self.targets, minlength=len(self.classes))
+        return {c: int(n) for c, n in zip(self.classes, counts)}
+
+
+def decode_images(dataset: ImageFolderDataset, size: int, *, cache_dir: str | Path | None = None,
+                  tag: str = "decoded", interpolation: str = "bilinear") -> TensorImageDataset:
+    """Decode every image of ``dataset`` once: short side resized to ``size``, centre square
+    crop, kept as ``uint8``. With ``cache_dir`` the pixels are stored as safetensors, keyed by
+    every file's bytes and the decoding parameters, and reused while they match."""
+    from .features import _load_or_compute, dataset_fingerprint  # features imports this module
+
+    if size < 8:
+        raise DataError(f"size must be at least 8 pixels, got {size}")
+    decode = T.Compose([T.Resize(size, interpolation=T.InterpolationMode(interpolation)),
+                        T.CenterCrop(size), T.PILToTensor()])
+    source = dataset.with_transform(decode)
+
+    def compute() -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.empty((len(source), 3, size, size), dtype=torch.uint8)
+        for i in range(len(source)):
+            images[i] = source[i][0]
+        return images, torch.as_tensor(source.targets, dtype=torch.long)
+
+    stored = _load_or_compute(cache_dir, f"{tag}-{size}px", dataset_fingerprint(source), compute)
+    return TensorImageDataset(stored.x, stored.y.tolist(), dataset.classes)
 
 
 def per_class_indices(targets: Sequence[int], n_per_class: int | None, seed: int = 0) -> list[int]:

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import ImageFolderDataset, ensure_text
+from .data import ImageFolderDataset, TensorImageDataset, ensure_text
 
 
 @dataclass
@@ -50,9 +50,13 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def dataset_fingerprint(dataset: ImageFolderDataset) -> str:
-    """sha256 over every sample's file bytes, label, and the dataset's transform."""
+def dataset_fingerprint(dataset: ImageFolderDataset | TensorImageDataset) -> str:
+    """sha256 over every sample's bytes (file or decoded pixels), label, and the dataset's transform."""
     h = hashlib.sha256(repr(dataset.transform).encode())
+    if isinstance(dataset, TensorImageDataset):
+        h.update(dataset.images.contiguous().numpy().tobytes())
+        h.update(str(dataset.targets).encode())
+        return h.hexdigest()
     for path, label in dataset.samples:
         h.update(hashlib.sha256(Path(path).read_bytes()).digest())
         h.update(str(label).encode())
@@ -82,13 +86,14 @@ def _load_or_compute(cache_dir: str | Path | None, tag: str, key: str, compute) 
 @torch.no_grad()
 def extract_features(
     trunk: nn.Module,
-    dataset: ImageFolderDataset,
+    dataset: ImageFolderDataset | TensorImageDataset,
     *,
     cache_dir: str | Path | None = None,
     tag: str = "features",
     batch_size: int = 32,
     num_workers: int = 0,
     device: torch.device | str = "cpu",
+    progress: bool = True,
 ) -> Features:
     """Run a frozen ``trunk`` (see :func:`~transfer_utils.models.feature_extractor`) over ``dataset``.
 
@@ -105,7 +110,7 @@ def extract_features(
         # The bar wraps the loop, not the loader: the loader's iterator (and its worker
         # processes) is then released as soon as the loop ends, not at a later garbage collection
         # that would stall whatever code happens to run then.
-        with tqdm(total=len(loader), desc=f"features {tag}", leave=False) as bar:
+        with tqdm(total=len(loader), desc=f"features {tag}", leave=False, disable=not progress) as bar:
             for images, labels in loader:
                 xs.append(trunk(images.to(device)).float().cpu())
                 ys.append(labels)

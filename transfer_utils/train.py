@@ -285,8 +285,7 @@ def fit(
         history = History.from_dict(state["history"])
         start_epoch = len(history.epochs)
         best_acc, since_best = float(state["progress"]["best_acc"]), int(state["progress"]["since_best"])
-        if progress:
-            print(f"[fit] resumed from {last} after epoch {start_epoch}/{epochs}")
+        print(f"[fit] resumed from {last} after epoch {start_epoch}/{epochs}")  # never silent
         if history.stopped_early:
             return history
 

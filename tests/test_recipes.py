@@ -1,0 +1,102 @@
+"""The chapter-4 recipe: per-stage learning rates, freezing, L2-SP, BatchNorm, resumable runs."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch.utils.data import TensorDataset
+
+from transfer_utils import models, recipes
+from transfer_utils.errors import ConfigError
+
+
+def _data(n: int = 24, classes: int = 3) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % classes
+    x = torch.randn(n, 3, 32, 32, generator=g) + y.view(-1, 1, 1, 1).float()
+    return TensorDataset(x, y)
+
+
+def _resnet(classes: int = 3) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return models.replace_head(torchvision.models.resnet18(), classes)
+
+
+def test_stage_learning_rates_fall_by_the_decay_per_stage() -> None:
+    lrs = recipes.stage_learning_rates(_resnet(), recipes.FinetuneConfig(head_lr=1e-2, backbone_lr=1e-3, lr_decay=0.5))
+    assert lrs == pytest.approx({"head": 1e-2, "layer4": 1e-3, "layer3": 5e-4, "layer2": 2.5e-4,
+                                 "layer1": 1.25e-4, "stem": 6.25e-5})
+
+
+def test_frozen_stages_and_their_batchnorm_do_not_move() -> None:
+    model = _resnet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = recipes.FinetuneConfig(epochs=2, batch_size=4, freeze_until="layer3")
+    history = recipes.finetune(model, _data(), None, cfg)
+    after = model.state_dict()
+    for name in before:
+        if name.startswith(("conv1", "bn1", "layer1", "layer2", "layer3")):
+            assert torch.equal(before[name], after[name]), f"{name} moved although frozen"
+    assert not torch.equal(before["layer4.0.conv1.weight"], after["layer4.0.conv1.weight"])
+    assert not torch.equal(before["layer4.0.bn1.running_mean"], after["layer4.0.bn1.running_mean"])
+    assert len(history.epochs) == 2 and history.epochs[-1].lr == pytest.approx(0.0, abs=1e-12)  # cosine ends at 0
+
+
+def test_frozen_batchnorm_drifts_when_left_in_train_mode() -> None:
+    model = _resnet()
+    before = model.bn1.running_mean.clone()
+    recipes.finetune(model, _data(), None, recipes.FinetuneConfig(epochs=1, batch_size=4, freeze_until="layer3",
+                                                                  frozen_bn_eval=False))
+    assert not torch.equal(before, model.bn1.running_mean)
+
+
+def test_l2sp_keeps_the_weights_nearer_their_start() -> None:
+    def distance(alpha: float | None) -> float:
+        model = _resnet()
+        start = [p.detach().clone() for p in model.layer4.parameters()]
+        cfg = recipes.FinetuneConfig(epochs=2, batch_size=4, head_lr=1e-2, backbone_lr=1e-2, l2sp_alpha=alpha,
+                                     warmup_fraction=0.0)
+        recipes.finetune(model, _data(), None, cfg)
+        return sum(float((p.detach() - s).pow(2).sum()) for p, s in zip(model.layer4.parameters(), start))
+
+    assert distance(100.0) < 0.5 * distance(None)
+
+
+def test_gradual_unfreezing_trains_the_head_first() -> None:
+    model = _resnet()
+    stem = model.conv1.weight.detach().clone()
+    recipes.finetune(model, _data(), None, recipes.FinetuneConfig(epochs=2, batch_size=4, gradual_unfreeze_every=1))
+    assert torch.equal(stem, model.conv1.weight), "after 2 epochs only the head and layer4 have trained"
+    with pytest.raises(ConfigError, match="either"):
+        recipes.finetune(_resnet(), _data(), None,
+                         recipes.FinetuneConfig(epochs=1, gradual_unfreeze_every=1, freeze_until="layer2"))
+
+
+def test_an_interrupted_recipe_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    cfg = recipes.FinetuneConfig(epochs=3, batch_size=4, freeze_until="layer2")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_one(record) -> None:
+        if record.epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        recipes.finetune(_resnet(), _data(), None, cfg, checkpoint_dir=tmp_path, on_epoch_end=stop_after_one)
+    resumed = _resnet()
+    history = recipes.finetune(resumed, _data(), None, cfg, checkpoint_dir=tmp_path)
+    straight = _resnet()
+    recipes.finetune(straight, _data(), None, cfg)
+    assert len(history.epochs) == 3
+    for (name, a), b in zip(resumed.state_dict().items(), straight.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_negative_l2sp_alpha_is_refused() -> None:
+    with pytest.raises(ConfigError, match="l2sp_alpha"):
+        recipes.finetune(_resnet(), _data(), None, dataclasses.replace(recipes.FinetuneConfig(), l2sp_alpha=-1.0))
