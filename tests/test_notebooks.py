@@ -93,7 +93,7 @@ def test_feature_extraction_results(executed_notebooks: dict[str, Path]) -> None
 
 
 @pytest.mark.notebooks
-@pytest.mark.parametrize("name", ["03_feature_extraction.ipynb", "04_fine_tuning.ipynb"])
+@pytest.mark.parametrize("name", ["03_feature_extraction.ipynb", "04_fine_tuning.ipynb", "05_resnet_case_study.ipynb"])
 def test_substitutions_are_announced(executed_notebooks: dict[str, Path], name: str) -> None:
     """Whenever a notebook ran with another backbone than its default, it said so."""
     nb = nbformat.read(executed_notebooks[name], as_version=4)
@@ -170,3 +170,18 @@ def test_every_derivation_is_checked(executed_notebooks: dict[str, Path]) -> Non
 def test_chapter_is_in_the_toc(path: Path) -> None:
     toc = (REPO / "_toc.yml").read_text()
     assert f"notebooks/{path.stem}" in toc
+
+
+@pytest.mark.notebooks
+def test_resnet_case_study_results(executed_notebooks: dict[str, Path]) -> None:
+    """Chapter 5 on the CI subset (16 ants and 16 bees per split): a working classifier, faster than
+    the tutorial's recipe, that reloads in a fresh process with the same predictions."""
+    nb = nbformat.read(executed_notebooks["05_resnet_case_study.ipynb"], as_version=4)
+    glued = read_glued(nb)
+    assert float(glued["ours_acc"]) >= 0.75
+    assert float(glued["ours_speedup"]) > 1
+    assert glued["reload_same"] == "True"
+    assert 0.5 <= float(glued["tta_acc"]) <= 1.0
+    assert float(glued["chapter_minutes"]) < 3
+    text = _outputs_text(nb)
+    assert "fresh process:" in text and "model.safetensors" in text

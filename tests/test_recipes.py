@@ -100,3 +100,13 @@ def test_an_interrupted_recipe_resumes_to_the_same_weights(tmp_path: Path) -> No
 def test_a_negative_l2sp_alpha_is_refused() -> None:
     with pytest.raises(ConfigError, match="l2sp_alpha"):
         recipes.finetune(_resnet(), _data(), None, dataclasses.replace(recipes.FinetuneConfig(), l2sp_alpha=-1.0))
+
+
+def test_resnet50_fine_tunes_its_last_stage_only() -> None:
+    torch.manual_seed(0)
+    model = models.replace_head(torchvision.models.resnet50(), 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recipes.finetune(model, _data(8), None, recipes.FinetuneConfig(epochs=1, batch_size=4, freeze_until="layer3"))
+    moved = {k.split(".")[0] for k, v in model.state_dict().items()
+             if v.dtype.is_floating_point and not torch.equal(before[k], v)}
+    assert moved == {"layer4", "fc"}
