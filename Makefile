@@ -25,7 +25,7 @@ export TORCH_HOME   := $(CURDIR)/.cache/torch
 export PYTHONUNBUFFERED := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: env assets book test lab chromium clean
+.PHONY: env assets book test lab chromium clean bench
 
 $(VENV)/.installed: requirements.txt requirements-assets.txt pyproject.toml
 	@echo "== creating the environment in $(VENV) (first time: a few minutes)"
@@ -61,3 +61,12 @@ lab: assets
 
 clean:
 	rm -rf _build .pytest_cache
+
+# Execute every chapter at CI and full scale on this machine and record the results
+# (bench/results/$(BENCH_LABEL).json); the appendix page book/benchmarks.md is rebuilt from them.
+BENCH_LABEL ?= $(shell hostname)
+bench: assets
+	$(PY) -m transfer_utils.book execute --scale ci
+	$(PY) -m transfer_utils.book execute --scale full
+	$(PY) -m transfer_utils.bench collect --label "$(BENCH_LABEL)"
+	$(PY) -m transfer_utils.bench render

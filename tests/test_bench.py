@@ -1,0 +1,81 @@
+"""The benchmarks appendix: results collected from executed chapters, tables rendered from them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+from transfer_utils import bench
+from transfer_utils.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _executed(tmp_path: Path, scale: str, value: float, seconds: float) -> Path:
+    folder = tmp_path / "executed" / scale
+    folder.mkdir(parents=True)
+    glue = new_output("display_data", data={"application/papermill.record/text/plain": repr(value)},
+                      metadata={"scrapbook": {"name": "ours_acc", "mime_prefix": "application/papermill.record/"}})
+    stream = new_output("stream", name="stdout", text="backbone: tf_efficientnet_lite0  (timm ...)\n")
+    cell = new_code_cell("x = 1")
+    cell.outputs = [stream, glue]
+    nbformat.write(new_notebook(cells=[cell]), folder / "05_resnet_case_study.ipynb")
+    (folder / "timings.json").write_text(json.dumps({"05_resnet_case_study.ipynb": seconds}))
+    return folder
+
+
+def test_collect_and_render(tmp_path: Path) -> None:
+    _executed(tmp_path, "ci", 0.75, 36.04)
+    _executed(tmp_path, "full", 0.948, 507.4)
+    path = bench.collect("test-box", executed=tmp_path / "executed", out_dir=tmp_path / "results")
+    res = json.loads(path.read_text())
+    chapter = res["chapters"]["05_resnet_case_study.ipynb"]
+    assert chapter["seconds"] == {"ci": 36.0, "full": 507.4}
+    assert chapter["backbone"] == {"ci": "tf_efficientnet_lite0", "full": "tf_efficientnet_lite0"}
+    assert chapter["values"]["full"] == {"ours_acc": 0.948}
+    assert res["machine"]["cpu_count"] >= 1 and res["machine"]["torch"]
+    page = tmp_path / "page.md"
+    page.write_text(f"# B\n\nintro\n\n{bench.START}\nstale\n{bench.END}\n\nafter\n")
+    bench.render(tmp_path / "results", page)
+    text = page.read_text()
+    assert "stale" not in text and "intro" in text and "after" in text
+    assert "| 05_resnet_case_study | tf_efficientnet_lite0 | 36.0 | 507.4 |" in text
+    assert "| 05_resnet_case_study | ants/bees, chapter 4's recipe | 75.0% | 94.8% |" in text
+    assert "— |" in text  # headlines the fake notebook did not glue are shown as missing, not invented
+
+
+def test_bad_inputs(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no executed chapters"):
+        bench.collect("x", executed=tmp_path / "nothing", out_dir=tmp_path)
+    with pytest.raises(ConfigError, match="label"):
+        bench.collect("../escape", executed=tmp_path, out_dir=tmp_path)
+    with pytest.raises(ConfigError, match="no results"):
+        bench.render(tmp_path / "empty", tmp_path / "page.md")
+
+
+def test_the_appendix_page_shows_the_committed_results(tmp_path: Path) -> None:
+    """book/benchmarks.md must be exactly what `bench render` makes of bench/results/."""
+    page = tmp_path / "benchmarks.md"
+    page.write_text((REPO / "book" / "benchmarks.md").read_text())
+    bench.render(REPO / "bench" / "results", page)
+    assert page.read_text() == (REPO / "book" / "benchmarks.md").read_text(), "run `python -m transfer_utils.bench render`"
+    assert "| 04_fine_tuning |" in page.read_text()
+
+
+def test_every_chapter_has_headlines() -> None:
+    chapters = sorted(p.name for p in (REPO / "notebooks").glob("*.ipynb"))
+    assert sorted(bench.HEADLINES) == chapters
+
+
+@pytest.mark.notebooks
+def test_headlines_exist_in_the_chapters(executed_notebooks: dict[str, Path]) -> None:
+    from transfer_utils.report import read_glued
+
+    for name, headlines in bench.HEADLINES.items():
+        glued = read_glued(nbformat.read(executed_notebooks[name], as_version=4))
+        missing = set(headlines) - set(glued)
+        assert not missing, f"{name} no longer glues {missing}: update transfer_utils.bench.HEADLINES"

@@ -1,0 +1,195 @@
+"""Benchmarks: what each chapter costs and measures on the machine it runs on.
+
+``make bench`` executes every chapter at CI and at full scale (``python -m transfer_utils.book
+execute``), then
+
+* ``python -m transfer_utils.bench collect --label NAME`` reads the executed notebooks under
+  ``_build/executed/<scale>/`` and writes ``bench/results/NAME.json``: the machine, each chapter's
+  execution time per scale, the backbone it really used, and its headline numbers (the values
+  the chapter glues into its prose);
+* ``python -m transfer_utils.bench render`` rewrites the tables of ``book/benchmarks.md`` from
+  every results file, so the appendix shows measurements, never numbers typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+#: The numbers each chapter is about: glued name -> what it measures.
+HEADLINES: dict[str, dict[str, str]] = {
+    "01_when_transfer_helps.ipynb": {
+        "tl_gain_small": "transfer minus scratch, accuracy points, 64 labels (related source)",
+        "tl_loss_large": "scratch minus transfer, accuracy points, many labels (unrelated source)",
+    },
+    "02_loss_and_gradients.ipynb": {
+        "l2sp_source": "source accuracy kept with L2-SP",
+        "nopen_source": "source accuracy kept without a penalty",
+    },
+    "03_feature_extraction.ipynb": {
+        "ants_sklearn_acc": "ants/bees, frozen backbone + logistic regression",
+        "flowers_acc": "Flowers-17, frozen backbone + logistic regression",
+        "rt_frozen_acc": "Rotten Tomatoes, frozen MiniLM + logistic regression",
+        "speedup_epoch": "cached features: speed-up per epoch (x)",
+    },
+    "04_fine_tuning.ipynb": {
+        "flowers_scratch_acc": "Flowers-17, from scratch",
+        "flowers_frozen_acc": "Flowers-17, frozen backbone",
+        "flowers_finetune_acc": "Flowers-17, fine-tuned",
+        "ants_finetune_acc": "ants/bees, fine-tuned",
+        "bn_train_acc": "batches of 2, frozen BatchNorm in train() mode",
+        "bn_eval_acc": "batches of 2, frozen BatchNorm in eval() mode",
+    },
+    "05_resnet_case_study.ipynb": {
+        "ours_acc": "ants/bees, chapter 4's recipe",
+        "tutorial_acc_best": "ants/bees, PyTorch tutorial's recipe (best epoch)",
+        "ours_speedup": "our recipe's speed-up over the tutorial's (x)",
+        "flowers_acc": "Flowers-17, chapter 4's recipe",
+    },
+}
+
+SCALES = ("ci", "full")
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def _repo() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
+        cpu = found.group(1).strip() if found else cpu
+    memory = None
+    if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        memory = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "memory_gib": memory,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+
+
+def _outputs_text(nb: Any) -> str:
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                parts.append(out.get("text", ""))
+    return "\n".join(parts)
+
+
+def collect(label: str, executed: Path | None = None, out_dir: Path | None = None) -> Path:
+    """Write ``<out_dir>/<label>.json`` from the executed notebooks of every scale present."""
+    import nbformat
+
+    from .report import read_glued
+
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
+        raise ConfigError(f"label {label!r}: use letters, digits, '.', '_' or '-' (it becomes a file name)")
+    executed = executed or _repo() / "_build" / "executed"
+    out_dir = out_dir or _repo() / "bench" / "results"
+    chapters: dict[str, dict[str, Any]] = {}
+    for scale in SCALES:
+        timings_file = executed / scale / "timings.json"
+        if not timings_file.is_file():
+            continue
+        timings = json.loads(timings_file.read_text())
+        for name, headlines in HEADLINES.items():
+            path = executed / scale / name
+            if not path.is_file():
+                continue
+            nb = nbformat.read(path, as_version=4)
+            glued = read_glued(nb)
+            backbone = re.search(r"^backbone: (\S+)", _outputs_text(nb), re.M)
+            entry = chapters.setdefault(name, {"seconds": {}, "backbone": {}, "values": {}})
+            entry["seconds"][scale] = round(float(timings[name]), 1) if name in timings else None
+            entry["backbone"][scale] = backbone.group(1) if backbone else None
+            entry["values"][scale] = {k: float(glued[k]) for k in headlines if k in glued}
+    if not chapters:
+        raise ConfigError(f"no executed chapters under {executed}: run `python -m transfer_utils.book execute "
+                          "--scale ci` (and --scale full) first, or `make bench`")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{label}.json"
+    part = target.with_suffix(".part")
+    part.write_text(json.dumps({"label": label, "machine": machine(), "chapters": chapters}, indent=2) + "\n")
+    part.replace(target)
+    return target
+
+
+def _fmt(value: float | None, percent: bool) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.1%}" if percent else f"{value:,.1f}"
+
+
+def render_tables(results: list[dict[str, Any]]) -> str:
+    """Markdown tables (machine, time per chapter and scale, headline numbers) for each results file."""
+    lines: list[str] = []
+    for res in sorted(results, key=lambda r: r["label"]):
+        m = res["machine"]
+        lines += [f"### {res['label']}", "",
+                  f"{m['cpu']}, {m['cpu_count']} cores ({m['torch_threads']} torch threads), "
+                  f"{m['memory_gib']} GiB; GPU: {m['gpu'] or 'none'}; Python {m['python']}, torch {m['torch']}.", "",
+                  "| chapter | backbone used | CI scale (s) | full scale (s) |", "|---|---|---:|---:|"]
+        for name, entry in res["chapters"].items():
+            used = entry["backbone"].get("full") or entry["backbone"].get("ci") or "—"
+            lines.append(f"| {Path(name).stem} | {used} | {_fmt(entry['seconds'].get('ci'), False)} "
+                         f"| {_fmt(entry['seconds'].get('full'), False)} |")
+        lines += ["", "| chapter | measure | CI scale | full scale |", "|---|---|---:|---:|"]
+        for name, entry in res["chapters"].items():
+            for key, what in HEADLINES.get(name, {}).items():
+                percent = not any(w in what for w in ("(x)", "points"))
+                vals = [entry["values"].get(s, {}).get(key) for s in SCALES]
+                if "points" in what:
+                    vals = [None if v is None else 100 * v for v in vals]
+                lines.append(f"| {Path(name).stem} | {what} | {_fmt(vals[0], percent)} | {_fmt(vals[1], percent)} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render(results_dir: Path | None = None, page: Path | None = None) -> Path:
+    """Rewrite the part of ``book/benchmarks.md`` between the bench markers from every results file."""
+    results_dir = results_dir or _repo() / "bench" / "results"
+    page = page or _repo() / "book" / "benchmarks.md"
+    files = sorted(results_dir.glob("*.json"))
+    if not files:
+        raise ConfigError(f"no results in {results_dir}: run `python -m transfer_utils.bench collect --label NAME`")
+    text = page.read_text()
+    if START not in text or END not in text:
+        raise ConfigError(f"{page} lacks the markers {START} and {END}")
+    tables = render_tables([json.loads(f.read_text()) for f in files])
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    page.write_text(f"{head}{START}\n{tables}{END}{tail}")
+    return page
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m transfer_utils.bench {collect,render}``."""
+    parser = argparse.ArgumentParser(prog="python -m transfer_utils.bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_collect = sub.add_parser("collect", help="write bench/results/LABEL.json from the executed chapters")
+    p_collect.add_argument("--label", required=True, help="a name for this machine, e.g. cpu-2core")
+    sub.add_parser("render", help="rewrite the tables of book/benchmarks.md")
+    args = parser.parse_args(argv)
+    if args.cmd == "collect":
+        print(f"[bench] wrote {collect(args.label)}")
+    else:
+        print(f"[bench] wrote {render()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
