@@ -148,6 +148,8 @@ def test_text_mirror_is_checksummed_and_split_reproducibly() -> None:
     assert len(a.train_texts) + len(a.test_texts) == 8530
     assert len(a.test_texts) == 1706 and sum(a.test_labels) == 853
     assert a.test_texts == b.test_texts and a.test_texts != c.test_texts
+    # The source lists one class after the other; the split is shuffled, so a slice is a fair sample.
+    assert 400 <= sum(a.train_labels[:1000]) <= 600 and 0 < sum(a.test_labels[:100]) < 100
     small = data.load_text_dataset("imdb", offline=True, max_train=100, max_test=50)
     assert len(small.train_texts) == 100 and sum(small.train_labels) == 50 and len(small.test_texts) == 50
 

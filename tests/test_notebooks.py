@@ -93,15 +93,20 @@ def test_feature_extraction_results(executed_notebooks: dict[str, Path]) -> None
 
 
 @pytest.mark.notebooks
-@pytest.mark.parametrize("name", ["03_feature_extraction.ipynb", "04_fine_tuning.ipynb", "05_resnet_case_study.ipynb"])
-def test_substitutions_are_announced(executed_notebooks: dict[str, Path], name: str) -> None:
-    """Whenever a notebook ran with another backbone than its default, it said so."""
+@pytest.mark.parametrize("name,prefix,default", [
+    ("03_feature_extraction.ipynb", "backbone: ", "resnet18"),
+    ("04_fine_tuning.ipynb", "backbone: ", "resnet18"),
+    ("05_resnet_case_study.ipynb", "backbone: ", "resnet18"),
+    ("06_bert_case_study.ipynb", "text model: ", "google/bert_uncased_L-4_H-512_A-8"),  # the CPU default
+])
+def test_substitutions_are_announced(executed_notebooks: dict[str, Path], name: str, prefix: str, default: str) -> None:
+    """Whenever a notebook ran with another model than its default, it said so."""
     nb = nbformat.read(executed_notebooks[name], as_version=4)
     text = _outputs_text(nb)
-    used = next(line.split()[1] for line in text.splitlines() if line.startswith("backbone: "))
-    if used != "resnet18":
+    used = next(line[len(prefix):].split()[0] for line in text.splitlines() if line.startswith(prefix))
+    if used != default:
         assert "OFFLINE MODE is ON" in text
-        assert "SUBSTITUTION: 'resnet18'" in text and f"Using '{used}'" in text
+        assert f"SUBSTITUTION: '{default}'" in text and f"Using '{used}'" in text
 
 
 @pytest.mark.notebooks
@@ -185,3 +190,28 @@ def test_resnet_case_study_results(executed_notebooks: dict[str, Path]) -> None:
     assert float(glued["chapter_minutes"]) < 3
     text = _outputs_text(nb)
     assert "fresh process:" in text and "model.safetensors" in text
+
+
+@pytest.mark.notebooks
+def test_bert_case_study_results(executed_notebooks: dict[str, Path]) -> None:
+    """Chapter 6 on the CI subset (640 training and 300 test sentences, 2 epochs): both ways of
+    fine-tuning learn the task and agree within noise; the shipped model reloads in a fresh process
+    with the same predictions; bad input is refused with the fix in the message."""
+    nb = nbformat.read(executed_notebooks["06_bert_case_study.ipynb"], as_version=4)
+    glued = read_glued(nb)
+    num = {k: float(v) for k, v in glued.items()
+           if k in ("ft_plain_acc", "ft_trainer_acc", "ft_diff", "ft_two_se", "frozen_cls_acc", "frozen_mean_acc",
+                    "imdb_head_acc", "imdb_tail_acc", "imdb_headtail_acc", "rt_fit", "chapter_minutes", "base_ratio")}
+    assert num["ft_plain_acc"] > 0.6 and num["ft_trainer_acc"] > 0.6
+    assert glued["ft_within_noise"] == "True" and num["ft_diff"] <= num["ft_two_se"]
+    assert 0.55 < num["frozen_mean_acc"] < 0.95 and 0.5 <= num["frozen_cls_acc"] < 0.95
+    assert all(0.5 <= num[k] <= 1.0 for k in ("imdb_head_acc", "imdb_tail_acc", "imdb_headtail_acc"))
+    assert num["rt_fit"] > 0.99                     # max_length 64 covers the sentences
+    assert num["base_ratio"] > 2                    # BERT-base size is slower than the chapter's model
+    assert glued["reload_same"] == "True"
+    assert num["chapter_minutes"] < 4
+    text = _outputs_text(nb)
+    assert "DataError: text(s) at position(s) [1] are empty" in text
+    assert "DataError: predict_texts() takes a list of texts" in text
+    assert "is not valid UTF-8" in text
+    assert "model.safetensors" in text and "fresh process:" in text

@@ -220,6 +220,14 @@ MODELS: dict[str, ModelAsset] = {
         offline_substitute="sentence-transformers/all-MiniLM-L6-v2",
         notes="12-layer BERT-base (110 M parameters), Devlin et al. 2019",
     ),
+    "google/bert_uncased_L-4_H-512_A-8": ModelAsset(
+        name="google/bert_uncased_L-4_H-512_A-8",
+        library="transformers",
+        canonical="google/bert_uncased_L-4_H-512_A-8",
+        sha256="",  # the hub verifies its LFS files itself (etag = sha256)
+        offline_substitute="sentence-transformers/all-MiniLM-L6-v2",
+        notes="BERT-Small: 4 layers, hidden 512, 29 M parameters (Turc et al. 2019); chapter 6's CPU default",
+    ),
 }
 
 

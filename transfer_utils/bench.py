@@ -54,6 +54,13 @@ HEADLINES: dict[str, dict[str, str]] = {
         "ours_speedup": "our recipe's speed-up over the tutorial's (x)",
         "flowers_acc": "Flowers-17, chapter 4's recipe",
     },
+    "06_bert_case_study.ipynb": {
+        "frozen_mean_acc": "Rotten Tomatoes, frozen encoder (mean pooling) + logistic regression",
+        "ft_plain_acc": "Rotten Tomatoes, fine-tuned (plain PyTorch loop)",
+        "ft_trainer_acc": "Rotten Tomatoes, fine-tuned (Hugging Face Trainer)",
+        "imdb_headtail_acc": "IMDB at 128 pieces, head+tail truncation, frozen",
+        "base_ratio": "time per training step, BERT-base size vs the chapter's model (x)",
+    },
 }
 
 SCALES = ("ci", "full")
@@ -112,7 +119,7 @@ def collect(label: str, executed: Path | None = None, out_dir: Path | None = Non
                 continue
             nb = nbformat.read(path, as_version=4)
             glued = read_glued(nb)
-            backbone = re.search(r"^backbone: (\S+)", _outputs_text(nb), re.M)
+            backbone = re.search(r"^(?:backbone|text model): (\S+)", _outputs_text(nb), re.M)
             entry = chapters.setdefault(name, {"seconds": {}, "backbone": {}, "values": {}})
             entry["seconds"][scale] = round(float(timings[name]), 1) if name in timings else None
             entry["backbone"][scale] = backbone.group(1) if backbone else None
@@ -142,7 +149,7 @@ def render_tables(results: list[dict[str, Any]]) -> str:
         lines += [f"### {res['label']}", "",
                   f"{m['cpu']}, {m['cpu_count']} cores ({m['torch_threads']} torch threads), "
                   f"{m['memory_gib']} GiB; GPU: {m['gpu'] or 'none'}; Python {m['python']}, torch {m['torch']}.", "",
-                  "| chapter | backbone used | CI scale (s) | full scale (s) |", "|---|---|---:|---:|"]
+                  "| chapter | model used | CI scale (s) | full scale (s) |", "|---|---|---:|---:|"]
         for name, entry in res["chapters"].items():
             used = entry["backbone"].get("full") or entry["backbone"].get("ci") or "—"
             lines.append(f"| {Path(name).stem} | {used} | {_fmt(entry['seconds'].get('ci'), False)} "

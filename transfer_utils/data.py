@@ -382,7 +382,8 @@ def load_text_dataset(name: str, *, offline: bool = False, test_fraction: float 
                       max_train: int | None = None, max_test: int | None = None) -> TextDataset:
     """Load ``"rotten_tomatoes"`` or ``"imdb"`` with a stratified, seeded held-out split.
 
-    ``max_train`` / ``max_test`` keep a class-balanced subset (CI scale).
+    ``max_train`` / ``max_test`` keep a class-balanced subset (CI scale). Rows come in a seeded
+    random order (the source files are sorted by label).
 
     Example::
 
@@ -403,6 +404,10 @@ def load_text_dataset(name: str, *, offline: bool = False, test_fraction: float 
         train_idx = [train_idx[i] for i in per_class_indices([labels[i] for i in train_idx], max_train // 2, seed)]
     if max_test is not None:
         test_idx = [test_idx[i] for i in per_class_indices([labels[i] for i in test_idx], max_test // 2, seed)]
+    # The sources list one class after the other: shuffle (seeded), so that a slice such as
+    # train_texts[:1000] is a fair sample and not a single class.
+    rng = np.random.default_rng(seed)
+    train_idx, test_idx = rng.permutation(train_idx).tolist(), rng.permutation(test_idx).tolist()
     return TextDataset(
         name=name,
         train_texts=[texts[i] for i in train_idx], train_labels=[labels[i] for i in train_idx],

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .data import check_labels
+from .train import forward_logits, to_device
 
 
 @dataclass
@@ -39,7 +40,7 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device | 
     model.eval().to(device)
     logits, labels = [], []
     for inputs, y in loader:
-        logits.append(model(inputs.to(device)).float().cpu())
+        logits.append(forward_logits(model, to_device(inputs, device)).float().cpu())
         labels.append(y)
     return torch.cat(logits), torch.cat(labels)
 

@@ -39,7 +39,7 @@ class FinetuneConfig:
     freeze_until: str | None = None  #: stages up to and including this one stay frozen ("all": head only)
     gradual_unfreeze_every: int | None = None  #: ULMFiT: unfreeze one more stage every k epochs
     warmup_fraction: float = 0.1  #: share of all steps spent warming up linearly
-    cosine: bool = True  #: cosine decay to zero after warm-up (False: constant)
+    decay: str = "cosine"  #: after warm-up: "cosine" or "linear" decay to zero, or "constant"
     weight_decay: float = 1e-2  #: AdamW's decoupled decay towards zero
     l2sp_alpha: float | None = None  #: if set, pull pretrained weights towards their start instead
     l2sp_beta: float = 1e-4  #: L2 on the new head when L2-SP is on
@@ -61,20 +61,27 @@ def stage_learning_rates(model: nn.Module, cfg: FinetuneConfig) -> dict[str, flo
 def finetune(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None, cfg: FinetuneConfig, *,
              device: torch.device | str = "cpu", seed: int = 0, amp: bool = True,
              checkpoint_dir: str | Path | None = None, num_classes: int | None = None,
-             on_epoch_end: Callable[[EpochRecord], None] | None = None, progress: bool = False) -> History:
+             on_epoch_end: Callable[[EpochRecord], None] | None = None, progress: bool = False,
+             collate_fn: Callable[[list[Any]], Any] | None = None) -> History:
     """Fine-tune ``model`` (its new head already in place) on ``train_ds`` with recipe ``cfg``.
+
+    Images or text: for a Hugging Face text classifier pass ``(text, label)`` datasets and
+    ``collate_fn=TextCollator(tokenizer, max_length)`` (see :mod:`transfer_utils.text`).
 
     Returns :func:`~transfer_utils.train.fit`'s history; with ``checkpoint_dir`` a second call
     resumes where an interrupted one stopped. ``amp`` only acts on CUDA.
     """
     if cfg.gradual_unfreeze_every is not None and cfg.freeze_until is not None:
         raise ConfigError("use either freeze_until or gradual_unfreeze_every, not both")
+    if cfg.decay not in ("cosine", "linear", "constant"):
+        raise ConfigError(f"decay must be 'cosine', 'linear' or 'constant', got {cfg.decay!r}")
     if cfg.l2sp_alpha is not None and cfg.l2sp_alpha < 0:
         raise ConfigError(f"l2sp_alpha must be >= 0, got {cfg.l2sp_alpha}")
     gen = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                              drop_last=len(train_ds) > cfg.batch_size)  # no 1-image batch for BatchNorm
-    val_loader = DataLoader(val_ds, batch_size=128) if val_ds is not None else None
+                              drop_last=len(train_ds) > cfg.batch_size,  # no 1-image batch for BatchNorm
+                              collate_fn=collate_fn)
+    val_loader = DataLoader(val_ds, batch_size=128, collate_fn=collate_fn) if val_ds is not None else None
 
     # Convolutions run markedly faster in channels-last layout on CPUs and tensor cores alike.
     model.to(memory_format=torch.channels_last)
@@ -90,8 +97,12 @@ def finetune(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | No
 
     total = cfg.epochs * len(train_loader)
     warmup = int(cfg.warmup_fraction * total)
-    scheduler = (schedules.warmup_cosine(optimizer, warmup, total) if cfg.cosine else
-                 torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0))
+    if cfg.decay == "cosine":
+        scheduler = schedules.warmup_cosine(optimizer, warmup, total)
+    elif cfg.decay == "linear":
+        scheduler = schedules.warmup_linear(optimizer, warmup, total)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
 
     ce = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     if start is not None:

@@ -1,6 +1,7 @@
 """Learning-rate schedules and unfreezing schedules for fine-tuning.
 
 * :func:`warmup_cosine` — linear warm-up, then cosine decay to zero (per optimizer step).
+* :func:`warmup_linear` — linear warm-up, then linear decay to zero (BERT's schedule).
 * :class:`GradualUnfreezer` — ULMFiT's gradual unfreezing: start with only the head trainable
   and unfreeze one more stage, from the top down, every ``every`` epochs.
 
@@ -36,6 +37,20 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
             return (step + 1) / warmup_steps
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def warmup_linear(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps`` steps, then a straight line down to zero at
+    ``total_steps``: the schedule of BERT (Devlin et al. 2019) and the ``Trainer``'s default."""
+    if not 0 <= warmup_steps < total_steps:
+        raise ConfigError(f"need 0 <= warmup_steps < total_steps, got {warmup_steps} and {total_steps}")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +175,19 @@ def _reseed(seed: int, epoch: int, loader: DataLoader) -> None:
         loader.generator.manual_seed(seed + epoch)
 
 
+def to_device(inputs: Any, device: torch.device | str) -> Any:
+    """Move a batch's inputs to ``device``: a tensor, or a dict of tensors (a tokenised text batch)."""
+    if isinstance(inputs, Mapping):
+        return {k: v.to(device) for k, v in inputs.items()}
+    return inputs.to(device)
+
+
+def forward_logits(model: nn.Module, inputs: Any) -> torch.Tensor:
+    """``model(inputs)`` for tensors, ``model(**inputs).logits`` for a Hugging Face model fed a dict."""
+    out = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+    return out.logits if hasattr(out, "logits") else out
+
+
 def _run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable[..., torch.Tensor], device: torch.device, *,
                optimizer: torch.optim.Optimizer | None, scaler: torch.amp.GradScaler | None,
                amp_dtype: torch.dtype | None, clip_grad_norm: float | None,
@@ -188,9 +201,9 @@ def _run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable[..., torc
     with torch.set_grad_enabled(training), tqdm(total=len(loader), desc=desc, leave=False, disable=not progress) as bar:
         for inputs, labels in loader:
             bar.update()
-            inputs, labels = inputs.to(device), labels.to(device)
+            inputs, labels = to_device(inputs, device), labels.to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(inputs)
+                logits = forward_logits(model, inputs)
                 if num_classes is not None and logits.shape[-1] != num_classes:
                     raise ConfigError(
                         f"the model outputs {logits.shape[-1]} scores per example but the data has "

@@ -1,0 +1,306 @@
+"""Sentiment classification with BERT-family encoders, the pieces chapter 6 builds.
+
+* :func:`truncate_ids` / :func:`encode`: word pieces → ``[CLS] … [SEP]`` with a truncation
+  strategy (``"head"``, ``"tail"`` or ``"head+tail"``) and right padding with an attention mask.
+* :class:`TextClassificationDataset` + :class:`TextCollator`: ``(text, label)`` pairs batched with
+  *dynamic* padding (each batch is padded to its own longest text), for a plain PyTorch loop
+  (:func:`~transfer_utils.recipes.finetune`) and for the Hugging Face ``Trainer`` alike.
+* :func:`pooled_embeddings`: the ``[CLS]`` vector and the mean of the token vectors, from one pass.
+* :func:`save_text_classifier` / :func:`load_text_classifier` / :func:`predict_texts`: ship a
+  fine-tuned model (safetensors only) and classify new texts, with clear errors for bad input.
+
+Example::
+
+    tok, model, _ = create_text_classifier("sentence-transformers/all-MiniLM-L6-v2", 2, offline=True)
+    collate = TextCollator(tok, max_length=64)
+    inputs, labels = collate([("a gem of a film", 1), ("tedious", 0)])
+    logits = model(**inputs).logits
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .data import ensure_text
+from .errors import ConfigError, DataError
+
+#: Which word pieces to keep when a text is longer than ``max_length``.
+TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
+META_FILE = "text_classifier.json"
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenising with a truncation strategy
+# ----------------------------------------------------------------------------------------------
+
+
+def truncate_ids(ids: Sequence[int], max_tokens: int, strategy: str = "head") -> list[int]:
+    """Keep at most ``max_tokens`` ids: the first ones (``"head"``), the last ones (``"tail"``),
+    or the first quarter and the last three quarters of the budget (``"head+tail"``; Sun et al.
+    2019 kept 128 + 382 of BERT's 510 for IMDB)."""
+    if strategy not in TRUNCATION_STRATEGIES:
+        raise ConfigError(f"truncation must be one of {TRUNCATION_STRATEGIES}, got {strategy!r}")
+    if max_tokens < 1:
+        raise ConfigError(f"max_tokens must be >= 1, got {max_tokens}")
+    ids = list(ids)
+    if len(ids) <= max_tokens:
+        return ids
+    if strategy == "head":
+        return ids[:max_tokens]
+    if strategy == "tail":
+        return ids[-max_tokens:]
+    n_head = max_tokens // 4
+    return ids[:n_head] + ids[len(ids) - (max_tokens - n_head):]
+
+
+def _special_ids(tokenizer: Any) -> tuple[int, int, int]:
+    cls, sep, pad = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
+    if cls is None or sep is None or pad is None:
+        raise ConfigError(f"{type(tokenizer).__name__} has no [CLS]/[SEP]/[PAD] tokens: "
+                          "encode() is written for BERT-family tokenizers")
+    return cls, sep, pad
+
+
+def word_pieces(tokenizer: Any, texts: Sequence[str | bytes]) -> list[list[int]]:
+    """The word-piece ids of each text, without special tokens and without truncation."""
+    clean = [ensure_text(t, where=f"text #{i}") for i, t in enumerate(texts)]
+    return tokenizer(clean, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+
+
+def encode(tokenizer: Any, texts: Sequence[str | bytes], *, max_length: int = 128,
+           truncation: str = "head") -> dict[str, torch.Tensor]:
+    """Tokenise ``texts`` into one right-padded batch: ``input_ids``, ``token_type_ids`` and
+    ``attention_mask`` (1 for real tokens, 0 for padding), each ``[len(texts), longest]``.
+
+    Every row is ``[CLS] pieces [SEP]`` with at most ``max_length`` ids in all; longer texts
+    lose pieces according to ``truncation`` (see :func:`truncate_ids`). With ``"head"`` this is
+    exactly ``tokenizer(texts, truncation=True, max_length=max_length, padding=True)``.
+    """
+    if max_length < 3:
+        raise ConfigError(f"max_length must leave room for [CLS], one piece and [SEP]; got {max_length}")
+    if isinstance(texts, (str, bytes)):
+        raise DataError("encode() takes a list of texts; wrap a single text as [text]")
+    cls, sep, pad = _special_ids(tokenizer)
+    rows = [[cls, *truncate_ids(ids, max_length - 2, truncation), sep] if ids else [cls, sep]
+            for ids in word_pieces(tokenizer, texts)]
+    width = max((len(r) for r in rows), default=2)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):  # right padding: real tokens first, then [PAD]s
+        input_ids[i, :len(row)] = torch.tensor(row)
+        attention_mask[i, :len(row)] = 1
+    return {"input_ids": input_ids, "token_type_ids": torch.zeros_like(input_ids), "attention_mask": attention_mask}
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets and batches
+# ----------------------------------------------------------------------------------------------
+
+
+class TextClassificationDataset(Dataset[tuple[str, int]]):
+    """``(text, label)`` pairs; tokenising happens per batch, in :class:`TextCollator`."""
+
+    def __init__(self, texts: Sequence[str], labels: Sequence[int]) -> None:
+        if len(texts) != len(labels):
+            raise DataError(f"{len(texts)} texts but {len(labels)} labels")
+        self.texts, self.labels = list(texts), [int(y) for y in labels]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int) -> tuple[str, int]:
+        return self.texts[index], self.labels[index]
+
+
+@dataclass
+class TextCollator:
+    """Turn a list of ``(text, label)`` into a padded batch (dynamic padding).
+
+    Returns ``(inputs, labels)`` for :func:`~transfer_utils.train.fit`, or with ``as_dict=True``
+    one dict with a ``labels`` entry, the form the Hugging Face ``Trainer`` expects.
+    """
+
+    tokenizer: Any
+    max_length: int = 128
+    truncation: str = "head"
+    as_dict: bool = False
+
+    def __call__(self, batch: Sequence[tuple[str, int]]) -> Any:
+        texts = [t for t, _ in batch]
+        labels = torch.tensor([int(y) for _, y in batch], dtype=torch.long)
+        inputs = encode(self.tokenizer, texts, max_length=self.max_length, truncation=self.truncation)
+        return {**inputs, "labels": labels} if self.as_dict else (inputs, labels)
+
+
+def set_dropout(model: nn.Module, p: float) -> int:
+    """Set the drop probability of every ``nn.Dropout`` in ``model``; returns how many changed."""
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {p}")
+    layers = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    for m in layers:
+        m.p = p
+    return len(layers)
+
+
+# ----------------------------------------------------------------------------------------------
+# Frozen embeddings
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def pooled_embeddings(tokenizer: Any, encoder: nn.Module, texts: Sequence[str | bytes], *,
+                      max_length: int = 128, truncation: str = "head", batch_size: int = 64,
+                      device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """``{"cls": …, "mean": …}``: the ``[CLS]`` token's last hidden state and the mean of the
+    real tokens' (padding excluded), ``[len(texts), hidden]`` each, from one forward pass.
+
+    Texts are batched in order of length (less padding) and returned in input order.
+    """
+    encoder.eval().to(device)
+    pieces = word_pieces(tokenizer, texts)
+    order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]))
+    size = encoder.config.hidden_size
+    out = {"cls": torch.empty(len(pieces), size), "mean": torch.empty(len(pieces), size)}
+    clean = [ensure_text(t) for t in texts]
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = encode(tokenizer, [clean[i] for i in idx], max_length=max_length, truncation=truncation)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        hidden = encoder(**batch).last_hidden_state.float()
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        out["cls"][idx] = hidden[:, 0].cpu()
+        out["mean"][idx] = ((hidden * mask).sum(1) / mask.sum(1)).cpu()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Shipping a classifier
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TextClassifier:
+    """A fine-tuned model with everything needed to use it: tokenizer, labels, max length."""
+
+    model: nn.Module
+    tokenizer: Any
+    label_names: tuple[str, ...]
+    max_length: int
+    truncation: str
+    base_model: str
+    device: torch.device
+
+
+@dataclass
+class TextPrediction:
+    """One text's prediction. ``truncated``: the text had more word pieces than fit and some
+    were dropped; ``unknown_fraction``: share of its pieces the vocabulary maps to ``[UNK]``
+    (high for scripts the tokenizer does not cover: a sign the prediction means little)."""
+
+    label: str
+    probability: float
+    probabilities: dict[str, float]
+    n_pieces: int
+    truncated: bool
+    unknown_fraction: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def save_text_classifier(directory: str | Path, model: nn.Module, tokenizer: Any, *,
+                         label_names: Sequence[str], max_length: int, truncation: str = "head",
+                         base_model: str = "") -> Path:
+    """Save weights (``model.safetensors``), tokenizer and a small JSON of settings to ``directory``.
+
+    Reload with :func:`load_text_classifier`, in any process, without this notebook.
+    """
+    if truncation not in TRUNCATION_STRATEGIES:
+        raise ConfigError(f"truncation must be one of {TRUNCATION_STRATEGIES}, got {truncation!r}")
+    n_out = model.config.num_labels
+    if len(label_names) != n_out:
+        raise ConfigError(f"{len(label_names)} label names for a model with {n_out} outputs")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.id2label = dict(enumerate(label_names))
+    model.config.label2id = {name: i for i, name in enumerate(label_names)}
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    meta = {"label_names": list(label_names), "max_length": int(max_length), "truncation": truncation,
+            "base_model": base_model, "format": 1}
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+    return directory
+
+
+def load_text_classifier(directory: str | Path, device: torch.device | str = "cpu") -> TextClassifier:
+    """Load what :func:`save_text_classifier` wrote. Only safetensors weights are read (a pickled
+    ``pytorch_model.bin`` can run code when loaded, so it is refused)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    directory = Path(directory)
+    meta_path = directory / META_FILE
+    if not meta_path.is_file():
+        raise DataError(f"{directory} has no {META_FILE}: it was not written by save_text_classifier(). "
+                        "Save the model with save_text_classifier(directory, model, tokenizer, ...) first.")
+    if not (directory / "model.safetensors").is_file():
+        raise DataError(f"{directory} has no model.safetensors; refusing to unpickle other weight files. "
+                        "Re-save the model with save_text_classifier() (it writes safetensors).")
+    meta = json.loads(meta_path.read_text())
+    model = AutoModelForSequenceClassification.from_pretrained(directory, local_files_only=True,
+                                                               use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    device = torch.device(device)
+    return TextClassifier(model=model.eval().to(device), tokenizer=tokenizer,
+                          label_names=tuple(meta["label_names"]), max_length=int(meta["max_length"]),
+                          truncation=meta["truncation"], base_model=meta.get("base_model", ""), device=device)
+
+
+@torch.no_grad()
+def predict_texts(classifier: TextClassifier, texts: Sequence[str | bytes], *,
+                  batch_size: int = 32) -> list[TextPrediction]:
+    """Classify ``texts`` (a list), in batches of similar length, returning one
+    :class:`TextPrediction` per text in input order.
+
+    * a bare string is refused (iterating it would classify single characters);
+    * bytes must be UTF-8 (the error says which text and byte is not);
+    * empty or whitespace-only texts are refused with their positions: there is nothing to
+      classify, and a confident-looking answer for them would be noise;
+    * long texts are truncated with the strategy the model was trained with (``truncated=True``).
+    """
+    if isinstance(texts, (str, bytes)):
+        raise DataError("predict_texts() takes a list of texts; wrap a single text as [text]")
+    clean = [ensure_text(t, where=f"text #{i}") for i, t in enumerate(texts)]
+    empty = [i for i, t in enumerate(clean) if not t.strip()]
+    if empty:
+        raise DataError(f"text(s) at position(s) {empty[:10]} are empty or whitespace only; "
+                        "drop them first, e.g. texts = [t for t in texts if t.strip()]")
+    tok, model = classifier.tokenizer, classifier.model
+    model.eval()
+    pieces = word_pieces(tok, clean)
+    budget = classifier.max_length - 2
+    order = sorted(range(len(clean)), key=lambda i: len(pieces[i]))
+    probs = torch.empty(len(clean), len(classifier.label_names))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = encode(tok, [clean[i] for i in idx], max_length=classifier.max_length,
+                       truncation=classifier.truncation)
+        logits = model(**{k: v.to(classifier.device) for k, v in batch.items()}).logits
+        probs[idx] = logits.float().softmax(-1).cpu()
+    out = []
+    for i, p in enumerate(probs):
+        k = int(p.argmax())
+        n = len(pieces[i])
+        unk = sum(1 for t in pieces[i] if t == tok.unk_token_id) / max(n, 1)
+        out.append(TextPrediction(
+            label=classifier.label_names[k], probability=float(p[k]),
+            probabilities={name: float(v) for name, v in zip(classifier.label_names, p)},
+            n_pieces=n, truncated=n > budget, unknown_fraction=round(unk, 4)))
+    return out
