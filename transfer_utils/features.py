@@ -126,7 +126,6 @@ def mean_pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.
     return (last_hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
-@torch.no_grad()
 def embed_texts(
     tokenizer,  # type: ignore[no-untyped-def]
     encoder: nn.Module,
@@ -141,21 +140,14 @@ def embed_texts(
 
     Texts are sorted by length before batching (less padding, same result) and returned in the
     input order. Bytes must be UTF-8; empty strings are allowed (they embed ``[CLS] [SEP]``).
+    Chapter 6 builds it: :func:`transfer_utils.text.pooled_embeddings` computes both poolings.
     """
+    from .text import pooled_embeddings
+
     if pooling not in ("mean", "cls"):
         raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
-    clean = [ensure_text(t, where=f"text #{i}") for i, t in enumerate(texts)]
-    encoder.eval().to(device)
-    order = sorted(range(len(clean)), key=lambda i: len(clean[i]))
-    out = torch.empty(len(clean), encoder.config.hidden_size)
-    for start in tqdm(range(0, len(order), batch_size), desc="embed", leave=False):
-        idx = order[start:start + batch_size]
-        batch = tokenizer([clean[i] for i in idx], padding=True, truncation=True,
-                          max_length=max_length, return_tensors="pt").to(device)
-        hidden = encoder(**batch).last_hidden_state
-        vec = mean_pool(hidden, batch["attention_mask"]) if pooling == "mean" else hidden[:, 0]
-        out[idx] = vec.float().cpu()
-    return out
+    return pooled_embeddings(tokenizer, encoder, texts, max_length=max_length, batch_size=batch_size,
+                             device=device)[pooling]
 
 
 def extract_text_features(

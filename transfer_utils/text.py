@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from .data import ensure_text
 from .errors import ConfigError, DataError
+from .features import mean_pool
 
 #: Which word pieces to keep when a text is longer than ``max_length``.
 TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
@@ -175,9 +176,8 @@ def pooled_embeddings(tokenizer: Any, encoder: nn.Module, texts: Sequence[str | 
         batch = encode(tokenizer, [clean[i] for i in idx], max_length=max_length, truncation=truncation)
         batch = {k: v.to(device) for k, v in batch.items()}
         hidden = encoder(**batch).last_hidden_state.float()
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         out["cls"][idx] = hidden[:, 0].cpu()
-        out["mean"][idx] = ((hidden * mask).sum(1) / mask.sum(1)).cpu()
+        out["mean"][idx] = mean_pool(hidden, batch["attention_mask"]).cpu()
     return out
 
 
