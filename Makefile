@@ -25,7 +25,7 @@ export TORCH_HOME   := $(CURDIR)/.cache/torch
 export PYTHONUNBUFFERED := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: env assets book test lab chromium clean bench
+.PHONY: env assets book pdf test lab chromium clean bench
 
 $(VENV)/.installed: requirements.txt requirements-assets.txt pyproject.toml
 	@echo "== creating the environment in $(VENV) (first time: a few minutes)"
@@ -46,6 +46,12 @@ book: assets
 	@echo "== executing the chapters (SCALE=$(SCALE)) and building the book"
 	$(PY) -m transfer_utils.book all --scale $(SCALE) --edition $(EDITION)
 	@echo "== open $(if $(filter student,$(EDITION)),_build/student/_build/html,_build/html)/index.html"
+
+# The whole book on one page and as a PDF (Chromium prints it, offline), from the chapters that
+# `make book` executed: _build/print/transfer-learning-with-pytorch.pdf
+pdf: assets chromium
+	$(PY) -m transfer_utils.book print --scale $(SCALE)
+	@echo "== open _build/print/transfer-learning-with-pytorch.pdf"
 
 chromium:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \

@@ -130,3 +130,21 @@ def test_student_edition_hides_every_solution(built_site: Path, student_site: Pa
         assert full.count('class="solution dropdown admonition"') == exercises
         assert 'class="solution' not in student, f"{page}: a solution leaks into the student edition"
     assert "student edition" in (student_site / "book" / "index.html").read_text()
+
+
+def test_print_edition_is_one_page_and_a_pdf(executed_notebooks: dict[str, Path]) -> None:
+    """`make pdf`: every chapter on one HTML page (singlehtml), printed to a PDF offline."""
+    import nbformat
+
+    from transfer_utils import book
+
+    pdf = book.build_print("ci")
+    data = pdf.read_bytes()
+    assert data[:5] == b"%PDF-" and len(data) > 500_000
+    pages = len(re.findall(rb"/Type\s*/Page\b(?!s)", data))
+    assert pages > 40, f"only {pages} pages printed"
+    html = (pdf.parent / "_build" / "singlehtml" / "book" / "index.html").read_text()
+    for nb_path in sorted((REPO / "notebooks").glob("*.ipynb")):
+        first = nbformat.read(nb_path, as_version=4).cells[0].source
+        title = next(line[2:].strip() for line in first.splitlines() if line.startswith("# "))
+        assert title.split(":")[0] in html, f"{nb_path.name}: '{title}' is missing from the print edition"

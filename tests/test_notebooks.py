@@ -169,6 +169,9 @@ def test_every_derivation_is_checked(executed_notebooks: dict[str, Path]) -> Non
     assert glued["l2sp_source"] > glued["nopen_source"]                        # L2-SP forgets less
     assert glued["clip_end"] < 0.5
     assert glued["head_vs_stem_disc"] > glued["head_vs_stem_uniform"]
+    # The self-checks of the exercises run, as shipped (no answer filled in), and say "Not yet".
+    for exercise in ("label smoothing", "L2-SP", "distillation"):
+        assert f"❌ Not yet ({exercise}): your function returned None" in text, exercise
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

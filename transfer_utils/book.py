@@ -12,6 +12,7 @@ Command line::
     python -m transfer_utils.book build --scale ci       # stage + jupyter-book build -W
     python -m transfer_utils.book all --scale full       # both (what `make book` runs)
     python -m transfer_utils.book build --edition student   # the same book, solutions hidden
+    python -m transfer_utils.book print --scale full     # one-page HTML + PDF (`make pdf`)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -154,9 +156,44 @@ def build(scale: str, strict: bool = True, edition: str = "full") -> Path:
     return index
 
 
+def chromium() -> str:
+    """The headless browser used for the HTML checks and the PDF (``make chromium`` installs it)."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise FileNotFoundError("Chromium is needed to print the book: `make chromium` (apt-get install chromium)")
+
+
+def build_print(scale: str) -> Path:
+    """The whole book on one HTML page (Sphinx's ``singlehtml`` builder), printed to
+    ``_build/print/transfer-learning-with-pytorch.pdf`` by headless Chromium, offline; return the PDF."""
+    target = stage(scale)
+    out = _repo() / "_build" / "print"
+    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(target), "--builder", "singlehtml",
+           "--path-output", str(out), "--all"]
+    print("[book]", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    root = yaml.safe_load((target / "_toc.yml").read_text())["root"]
+    page = out / "_build" / "singlehtml" / f"{root}.html"  # the whole book (index.html only redirects here)
+    if not page.is_file():
+        raise FileNotFoundError(f"the single-page build finished without {page}")
+    pdf = out / "transfer-learning-with-pytorch.pdf"
+    part = pdf.with_suffix(".part.pdf")
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+                        "--virtual-time-budget=30000", "--no-pdf-header-footer", f"--print-to-pdf={part}",
+                        page.as_uri()], check=True, capture_output=True, timeout=600)
+    if not part.is_file() or part.read_bytes()[:5] != b"%PDF-":
+        raise RuntimeError(f"Chromium did not write a PDF for {page}")
+    part.replace(pdf)
+    return pdf
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transfer_utils.book")
-    parser.add_argument("command", choices=["execute", "build", "all"])
+    parser.add_argument("command", choices=["execute", "build", "all", "print"],
+                        help="print: the whole book on one page (singlehtml) and as a PDF")
     parser.add_argument("--scale", choices=["full", "ci"], default="full")
     parser.add_argument("--only", nargs="*", help="notebook names to execute (default: all)")
     parser.add_argument("--edition", choices=EDITIONS, default="full",
@@ -167,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(asdict(r)))
     if args.command in ("build", "all"):
         print(f"[book] built {build(args.scale, edition=args.edition)}")
+    if args.command == "print":
+        print(f"[book] printed {build_print(args.scale)}")
     return 0
 
 
