@@ -148,3 +148,16 @@ def test_print_edition_is_one_page_and_a_pdf(executed_notebooks: dict[str, Path]
         first = nbformat.read(nb_path, as_version=4).cells[0].source
         title = next(line[2:].strip() for line in first.splitlines() if line.startswith("# "))
         assert title.split(":")[0] in html, f"{nb_path.name}: '{title}' is missing from the print edition"
+
+
+def test_concept_maps_render_offline(built_site: Path, tmp_path: Path) -> None:
+    """Mermaid diagrams are drawn in the browser by the book's own copy of mermaid.js (no CDN)."""
+    for page in ("book/theory", "book/index"):
+        html = built_site / f"{page}.html"
+        source = html.read_text()
+        assert '<pre class="mermaid">' in source and 'src="../_static/mermaid.min.js"' in source
+        dom, log = _dump_dom(html, tmp_path)
+        assert "Uncaught" not in log, log[-1500:]
+        drawn = re.findall(r'<pre class="mermaid"[^>]*data-processed="true"[^>]*>\s*<svg', dom)
+        assert drawn, f"{page}: the diagram was not drawn"
+    assert (built_site / "_static" / "mermaid.min.js").stat().st_size > 1_000_000

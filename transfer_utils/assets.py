@@ -236,6 +236,55 @@ MODELS: dict[str, ModelAsset] = {
 # ----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class WebAsset:
+    """A file the rendered book needs in the browser, taken from a package registry's archive."""
+
+    name: str
+    url: str  #: the archive (an npm tarball)
+    sha256: str  #: of that archive
+    member: str  #: the file inside it
+    license: str
+
+
+WEB_ASSETS: dict[str, WebAsset] = {
+    "mermaid": WebAsset(
+        name="mermaid",
+        url="https://registry.npmjs.org/mermaid/-/mermaid-11.12.1.tgz",
+        sha256="3bd65ddefe97fb2e01d976a01d4078f8d773bfc56c6a75a9abf08b564ce0f8b2",
+        member="package/dist/mermaid.min.js",  # the non-module bundle: it also runs from file:// pages
+        license="MIT",
+    ),
+}
+
+
+def fetch_web_asset(name: str) -> Path:
+    """Download (once, verified, atomically) the archive of ``WEB_ASSETS[name]`` and return its
+    extracted member, cached under ``data_home()/web/``."""
+    asset = WEB_ASSETS[name]
+    archive = data_home() / "downloads" / asset.url.rsplit("/", 1)[-1]
+    final = data_home() / "web" / archive.name.removesuffix(".tgz") / Path(asset.member).name
+    if final.is_file():
+        return final
+    if not archive.is_file():
+        try:
+            download(asset.url, archive, asset.sha256)
+        except OSError as err:
+            raise AssetUnavailableError(
+                f"could not download {asset.url} ({err}). The book's diagrams need it at build time: "
+                f"fetch it with network access, or place the file at {archive}") from None
+    verify_file(archive, asset.sha256, f"archive {archive.name}")
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile(asset.member)
+        if member is None:
+            raise ChecksumMismatchError(f"{archive.name} has no {asset.member}")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        part = final.with_name(final.name + ".part")
+        part.write_bytes(member.read())
+    os.replace(part, final)
+    return final
+
+
 def data_home() -> Path:
     """Root of this package's caches: ``$TL_DATA_HOME`` or ``~/.cache/transfer_utils``."""
     return Path(os.environ.get("TL_DATA_HOME", Path.home() / ".cache" / "transfer_utils")).expanduser()
@@ -654,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="print the registry")
     args = parser.parse_args(argv)
     if args.cmd == "list":
-        for reg in (IMAGE_DATASETS, TEXT_DATASETS, SAMPLE_IMAGES, MODELS):
+        for reg in (IMAGE_DATASETS, TEXT_DATASETS, SAMPLE_IMAGES, MODELS, WEB_ASSETS):
             for key, asset in reg.items():
                 print(f"{key:42s} {getattr(asset, 'url', None) or getattr(asset, 'hf_id', None) or asset.canonical}")
         return 0
