@@ -4,7 +4,6 @@ it loads, shows no error output, typesets its math with the offline MathJax, and
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -25,10 +24,12 @@ def _toc_pages() -> list[str]:
 
 
 def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    pytest.fail("Chromium is needed for the HTML checks: `make test` installs it (apt-get install chromium)")
+    from transfer_utils import book
+
+    try:
+        return book.chromium()
+    except FileNotFoundError as err:
+        pytest.fail(str(err))
 
 
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

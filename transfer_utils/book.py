@@ -162,7 +162,7 @@ def chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    raise FileNotFoundError("Chromium is needed to print the book: `make chromium` (apt-get install chromium)")
+    raise FileNotFoundError("Chromium is needed for the HTML checks and the PDF: `make chromium` (apt-get install chromium)")
 
 
 def build_print(scale: str) -> Path:

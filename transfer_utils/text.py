@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from .data import ensure_text
 from .errors import ConfigError, DataError
 from .features import mean_pool
+from .train import to_device
 
 #: Which word pieces to keep when a text is longer than ``max_length``.
 TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
@@ -85,13 +86,19 @@ def encode(tokenizer: Any, texts: Sequence[str | bytes], *, max_length: int = 12
     lose pieces according to ``truncation`` (see :func:`truncate_ids`). With ``"head"`` this is
     exactly ``tokenizer(texts, truncation=True, max_length=max_length, padding=True)``.
     """
-    if max_length < 3:
-        raise ConfigError(f"max_length must leave room for [CLS], one piece and [SEP]; got {max_length}")
     if isinstance(texts, (str, bytes)):
         raise DataError("encode() takes a list of texts; wrap a single text as [text]")
+    return batch_from_pieces(tokenizer, word_pieces(tokenizer, texts), max_length=max_length, truncation=truncation)
+
+
+def batch_from_pieces(tokenizer: Any, pieces: Sequence[Sequence[int]], *, max_length: int = 128,
+                      truncation: str = "head") -> dict[str, torch.Tensor]:
+    """:func:`encode` for texts already split by :func:`word_pieces` (so that callers who also
+    need the pieces, to sort by length or count them, tokenise only once)."""
+    if max_length < 3:
+        raise ConfigError(f"max_length must leave room for [CLS], one piece and [SEP]; got {max_length}")
     cls, sep, pad = _special_ids(tokenizer)
-    rows = [[cls, *truncate_ids(ids, max_length - 2, truncation), sep] if ids else [cls, sep]
-            for ids in word_pieces(tokenizer, texts)]
+    rows = [[cls, *truncate_ids(ids, max_length - 2, truncation), sep] if ids else [cls, sep] for ids in pieces]
     width = max((len(r) for r in rows), default=2)
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -170,11 +177,10 @@ def pooled_embeddings(tokenizer: Any, encoder: nn.Module, texts: Sequence[str | 
     order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]))
     size = encoder.config.hidden_size
     out = {"cls": torch.empty(len(pieces), size), "mean": torch.empty(len(pieces), size)}
-    clean = [ensure_text(t) for t in texts]
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = encode(tokenizer, [clean[i] for i in idx], max_length=max_length, truncation=truncation)
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = to_device(batch_from_pieces(tokenizer, [pieces[i] for i in idx], max_length=max_length,
+                                            truncation=truncation), device)
         hidden = encoder(**batch).last_hidden_state.float()
         out["cls"][idx] = hidden[:, 0].cpu()
         out["mean"][idx] = mean_pool(hidden, batch["attention_mask"]).cpu()
@@ -290,9 +296,9 @@ def predict_texts(classifier: TextClassifier, texts: Sequence[str | bytes], *,
     probs = torch.empty(len(clean), len(classifier.label_names))
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = encode(tok, [clean[i] for i in idx], max_length=classifier.max_length,
-                       truncation=classifier.truncation)
-        logits = model(**{k: v.to(classifier.device) for k, v in batch.items()}).logits
+        batch = batch_from_pieces(tok, [pieces[i] for i in idx], max_length=classifier.max_length,
+                                  truncation=classifier.truncation)
+        logits = model(**to_device(batch, classifier.device)).logits
         probs[idx] = logits.float().softmax(-1).cpu()
     out = []
     for i, p in enumerate(probs):
