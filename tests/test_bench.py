@@ -48,6 +48,33 @@ def test_collect_and_render(tmp_path: Path) -> None:
     assert "— |" in text  # headlines the fake notebook did not glue are shown as missing, not invented
 
 
+def test_precision_results_survive_collect_and_are_rendered(tmp_path: Path) -> None:
+    """`precision` and `collect` write the same file in either order; the table shows the speed-up."""
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = [{"task": "step", "model": "m", "amp": False, "seconds": 0.2, "accuracy": None},
+            {"task": "step", "model": "m", "amp": True, "seconds": 0.05, "accuracy": None},
+            {"task": "fine-tune", "model": "m", "amp": False, "seconds": 4.0, "accuracy": 0.8},
+            {"task": "fine-tune", "model": "m", "amp": True, "seconds": 8.0, "accuracy": 0.81}]
+    (results / "gpu.json").write_text(json.dumps({"label": "gpu", "chapters": {}, "precision": rows}))
+    _executed(tmp_path, "full", 0.9, 100.0)
+    bench.collect("gpu", executed=tmp_path / "executed", out_dir=results)
+    res = json.loads((results / "gpu.json").read_text())
+    assert res["precision"] == rows and "05_resnet_case_study.ipynb" in res["chapters"]
+    text = bench.render_tables([res])
+    assert "| step | m | bf16 autocast | 0.05 | — | 4.00x |" in text
+    assert "| fine-tune | m | bf16 autocast | 8 | 81.0% | 0.50x |" in text  # a slow-down is shown as one
+
+
+def test_precision_needs_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on CI's machine, also where a GPU exists
+    with pytest.raises(ConfigError, match="CUDA GPU"):
+        bench.mixed_precision("x", out_dir=tmp_path)
+    assert not list(tmp_path.iterdir()), "nothing may be written when nothing was measured"
+
+
 def test_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no executed chapters"):
         bench.collect("x", executed=tmp_path / "nothing", out_dir=tmp_path)

@@ -7,6 +7,9 @@ execute``), then
   ``_build/executed/<scale>/`` and writes ``bench/results/NAME.json``: the machine, each chapter's
   execution time per scale, the backbone it really used, and its headline numbers (the values
   the chapter glues into its prose);
+* ``python -m transfer_utils.bench precision --label NAME`` (on a CUDA GPU) fine-tunes chapter 6's text
+  model and chapter 5's image backbone with and without bfloat16 mixed precision, times a
+  BERT-base-sized training step both ways, and adds the results to ``bench/results/NAME.json``;
 * ``python -m transfer_utils.bench render`` rewrites the tables of ``book/benchmarks.md`` from
   every results file, so the appendix shows measurements, never numbers typed by hand.
 """
@@ -130,7 +133,126 @@ def collect(label: str, executed: Path | None = None, out_dir: Path | None = Non
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{label}.json"
     part = target.with_suffix(".part")
-    part.write_text(json.dumps({"label": label, "machine": machine(), "chapters": chapters}, indent=2) + "\n")
+    results = {"label": label, "machine": machine(), "chapters": chapters}
+    if target.is_file():  # keep what `precision` measured on this machine
+        results.update({k: v for k, v in json.loads(target.read_text()).items() if k == "precision"})
+    part.write_text(json.dumps(results, indent=2) + "\n")
+    part.replace(target)
+    return target
+
+
+def mixed_precision(label: str, out_dir: Path | None = None, seed: int = 0) -> Path:
+    """Measure mixed precision against full precision on this machine's CUDA GPU.
+
+    The same fine-tuning runs as chapter 6 (Rotten Tomatoes, its recipe, one epoch) and chapter 5
+    (Flowers-17, its recipe, 3 epochs), once with ``amp=False`` and once with ``amp=True``; plus the
+    time of a training step of a BERT-base-sized model (random weights, batch 32 x 64 pieces).
+    The results go into ``<out_dir>/<label>.json`` under ``"precision"``.
+    """
+    import copy
+    import dataclasses
+    import time
+
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    from . import assets, config, data, evaluate, models, recipes, text
+
+    if not torch.cuda.is_available():
+        raise ConfigError("mixed precision is measured on a CUDA GPU and this machine has none: run this on a GPU")
+    device = torch.device("cuda")
+    offline = bool(config.resolve_offline("auto"))
+    rows: list[dict[str, Any]] = []
+
+    def timed(fn: Any) -> tuple[Any, float]:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        return out, time.perf_counter() - t0
+
+    # Chapter 6: text fine-tuning.
+    rt = data.load_text_dataset("rotten_tomatoes", offline=offline, seed=seed)
+    tokenizer, probe, used = models.create_text_classifier("bert-base-uncased", num_labels=2, offline=offline)
+    lr = 3e-5 if probe.config.hidden_size >= 768 else 1e-4
+    del probe
+    model_id = assets.MODELS[used].canonical
+    recipe = recipes.FinetuneConfig(epochs=1, batch_size=32, head_lr=lr, backbone_lr=lr, lr_decay=1.0,
+                                    warmup_fraction=0.1, decay="linear", weight_decay=0.0, clip_grad_norm=1.0,
+                                    frozen_bn_eval=False)
+    collate = text.TextCollator(tokenizer, max_length=64)
+    train_ds = text.TextClassificationDataset(rt.train_texts, rt.train_labels)
+    test_loader = DataLoader(text.TextClassificationDataset(rt.test_texts, rt.test_labels), batch_size=128,
+                             collate_fn=collate)
+    warm_up = text.TextClassificationDataset(rt.train_texts[:256], rt.train_labels[:256])
+    for amp in (False, True):  # untimed: CUDA and cuBLAS initialise lazily, once per precision
+        model = AutoModelForSequenceClassification.from_pretrained(model_id, num_labels=2, local_files_only=offline)
+        recipes.finetune(model, warm_up, None, recipe, device=device, seed=seed, collate_fn=collate, amp=amp)
+    for amp in (False, True):
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_pretrained(model_id, num_labels=2, local_files_only=offline)
+        _, seconds = timed(lambda: recipes.finetune(model, train_ds, None, recipe, device=device, seed=seed,
+                                                    collate_fn=collate, amp=amp))
+        acc = evaluate.evaluate(model, test_loader, device=device).accuracy
+        rows.append({"task": "Rotten Tomatoes, fine-tune 1 epoch", "model": used, "amp": amp,
+                     "seconds": round(seconds, 2), "accuracy": acc})
+        del model
+
+    # A BERT-base-sized step (random weights: the time does not depend on them), at the chapter's batch
+    # (32 sentences x 64 pieces) and at a batch that keeps a large GPU busy (128 x 128).
+    base_cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                          intermediate_size=3072, num_labels=2)
+    for (size, length), amp in [(shape, amp) for shape in ((32, 64), (128, 128)) for amp in (False, True)]:
+        batch = {k: v.to(device) for k, v in tokenizer(rt.train_texts[:size], padding="max_length", truncation=True,
+                                                       max_length=length, return_tensors="pt").items()}
+        labels = torch.tensor(rt.train_labels[:size], device=device)
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_config(base_cfg).to(device).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+        def step() -> None:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                loss = model(**batch, labels=labels).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        for _ in range(3):
+            step()
+        _, seconds = timed(lambda: [step() for _ in range(20)])
+        rows.append({"task": f"BERT-base-sized training step (batch {size} x {length})", "model": "bert-base size, random",
+                     "amp": amp, "seconds": round(seconds / 20, 4), "accuracy": None})
+        del model, opt
+
+    # Chapter 5: image fine-tuning on Flowers-17.
+    backbone = models.create_backbone("resnet18", offline=offline)
+    prep = backbone.preprocessing
+    root = assets.fetch_dataset("flowers17", offline=offline)
+    cache = assets.data_home() / "decoded"
+    split = {name: data.decode_images(data.ImageFolderDataset(root / name), prep.resize_size, cache_dir=cache,
+                                      tag=f"flowers17-{name}") for name in ("train", "val")}
+    stage_names = list(models.stages(backbone.model))
+    image_recipe = recipes.FinetuneConfig(epochs=3, freeze_until=stage_names[-3], backbone_lr=1e-4)
+    val_loader = DataLoader(split["val"].with_transform(prep.tensor_transform(train=False)), batch_size=64)
+    for amp in (False, True):
+        torch.manual_seed(seed)
+        model = models.replace_head(copy.deepcopy(backbone.model), len(split["train"].classes))
+        _, seconds = timed(lambda: recipes.finetune(model, split["train"].with_transform(prep.tensor_transform(train=True)),
+                                                    None, dataclasses.replace(image_recipe), device=device,
+                                                    seed=seed, amp=amp))
+        acc = evaluate.evaluate(model, val_loader, device=device).accuracy
+        rows.append({"task": "Flowers-17, fine-tune 3 epochs", "model": backbone.name, "amp": amp,
+                     "seconds": round(seconds, 2), "accuracy": acc})
+        del model
+
+    out_dir = out_dir or _repo() / "bench" / "results"
+    target = out_dir / f"{label}.json"
+    results = json.loads(target.read_text()) if target.is_file() else {"label": label, "chapters": {}}
+    results["machine"] = machine()
+    results["precision"] = rows
+    part = target.with_suffix(".part")
+    part.write_text(json.dumps(results, indent=2) + "\n")
     part.replace(target)
     return target
 
@@ -162,6 +284,14 @@ def render_tables(results: list[dict[str, Any]]) -> str:
                 if "points" in what:
                     vals = [None if v is None else 100 * v for v in vals]
                 lines.append(f"| {Path(name).stem} | {what} | {_fmt(vals[0], percent)} | {_fmt(vals[1], percent)} |")
+        if res.get("precision"):
+            lines += ["", "Mixed precision (bfloat16 autocast) against full precision, same run otherwise:", "",
+                      "| run | model | precision | seconds | accuracy | speed-up |", "|---|---|---|---:|---:|---:|"]
+            fp32 = {r["task"]: r["seconds"] for r in res["precision"] if not r["amp"]}
+            for r in res["precision"]:
+                speedup = f"{fp32[r['task']] / r['seconds']:.2f}x" if r["amp"] and r["task"] in fp32 else ""
+                lines.append(f"| {r['task']} | {r['model']} | {'bf16 autocast' if r['amp'] else 'fp32'} "
+                             f"| {r['seconds']:,.3g} | {_fmt(r['accuracy'], True)} | {speedup} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -189,10 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_collect = sub.add_parser("collect", help="write bench/results/LABEL.json from the executed chapters")
     p_collect.add_argument("--label", required=True, help="a name for this machine, e.g. cpu-2core")
+    p_prec = sub.add_parser("precision", help="(CUDA) fine-tune with and without mixed precision")
+    p_prec.add_argument("--label", required=True, help="the results file to add to, e.g. h100")
     sub.add_parser("render", help="rewrite the tables of book/benchmarks.md")
     args = parser.parse_args(argv)
     if args.cmd == "collect":
         print(f"[bench] wrote {collect(args.label)}")
+    elif args.cmd == "precision":
+        print(f"[bench] wrote {mixed_precision(args.label)}")
     else:
         print(f"[bench] wrote {render()}")
     return 0
