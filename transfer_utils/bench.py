@@ -64,6 +64,16 @@ HEADLINES: dict[str, dict[str, str]] = {
         "imdb_headtail_acc": "IMDB at 128 pieces, head+tail truncation, frozen",
         "base_ratio": "time per training step, BERT-base size vs the chapter's model (x)",
     },
+    "07_applications.ipynb": {
+        "da_so_target": "Flowers-17 colour -> shifted target, source only",
+        "dann_target": "same target, DANN",
+        "adabn_target": "same target, AdaBN",
+        "kd_plain": "Flowers-17, small student trained on labels",
+        "kd_acc": "Flowers-17, small student distilled from the teacher",
+        "fs_img5_proto": "Flowers-17, 5-shot prototypes",
+        "zs_desc": "Rotten Tomatoes, zero-shot (label descriptions)",
+        "fusion_best": "Rotten Tomatoes, best fusion of three models",
+    },
 }
 
 SCALES = ("ci", "full")
