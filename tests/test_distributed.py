@@ -18,7 +18,8 @@ from transfer_utils.errors import ConfigError
 # of about 100 and is still 1,000 times smaller than the effect of a different global batch,
 # which ``test_a_different_global_batch_is_not_within_tolerance`` shows is detected.
 ATOL = 1e-5
-CFG = distributed.RunConfig()
+# On the CPU (gloo) also on a GPU machine: two processes need two GPUs, and CPU float is the same everywhere.
+CFG = distributed.RunConfig(device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, pretrained: Path) -> dict[str
 def test_two_processes_end_with_the_single_process_weights(runs: dict[str, distributed.RunResult], mode: str) -> None:
     single, multi = runs["single"], runs[mode]
     assert single.meta["world_size"] == 1
-    assert multi.meta["world_size"] == 2 and multi.meta["backend"] == ("nccl" if torch.cuda.is_available() else "gloo")
+    assert multi.meta["world_size"] == 2 and multi.meta["backend"] == "gloo"
     assert multi.meta["per_rank_batch"] * 2 == single.meta["per_rank_batch"] == CFG.global_batch
     assert multi.meta["steps"] == single.meta["steps"] > 0
     assert single.weights.keys() == multi.weights.keys()
@@ -69,7 +70,7 @@ def test_each_rank_takes_half_of_every_global_batch(runs: dict[str, distributed.
 def test_a_different_global_batch_is_not_within_tolerance(runs: dict[str, distributed.RunResult],
                                                           pretrained: Path, tmp_path: Path) -> None:
     """Keeping the per-process batch (32 each, 64 in all) is a different run: the check must see it."""
-    bigger = distributed.RunConfig(global_batch=2 * CFG.global_batch)
+    bigger = distributed.RunConfig(global_batch=2 * CFG.global_batch, device="cpu")
     distributed.finetune(tmp_path, bigger, init=pretrained, mode="single")
     other = distributed.load_run(tmp_path)
     assert distributed.max_weight_difference(other.weights, runs["ddp"].weights) > 1000 * ATOL
@@ -86,10 +87,28 @@ def test_uneven_global_batch_is_refused_with_advice() -> None:
 def test_uneven_global_batch_fails_fast_under_torchrun(tmp_path: Path) -> None:
     """Every rank checks before joining the process group, so nobody waits for a peer that quit."""
     with pytest.raises(RuntimeError, match=r"\(rank [01]\): error: the global batch 33 cannot be split evenly"):
-        distributed.launch("ddp", tmp_path, nproc=2, cfg=distributed.RunConfig(global_batch=33), timeout=60)
+        distributed.launch("ddp", tmp_path, nproc=2, cfg=distributed.RunConfig(global_batch=33, device="cpu"), timeout=60)
     assert not (tmp_path / "weights.safetensors").exists()
 
 
 def test_launch_rejects_an_unknown_mode(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="mode must be one of"):
         distributed.launch_command("deepspeed", tmp_path)
+
+
+def test_one_gpu_per_process_or_the_cpu() -> None:
+    two_here = distributed.DistEnv(rank=1, world_size=2, local_rank=1, local_world_size=2)
+    assert distributed.resolve_device("auto", two_here, gpu_count=2) == torch.device("cuda", 1)
+    assert distributed.resolve_device("auto", two_here, gpu_count=1) == torch.device("cpu")  # NCCL can't share a GPU
+    assert distributed.resolve_device("cpu", two_here, gpu_count=8) == torch.device("cpu")
+    with pytest.raises(ConfigError, match=r"2 process\(es\) on this machine but 1 GPU.*--nproc_per_node 1"):
+        distributed.resolve_device("cuda", two_here, gpu_count=1)
+
+
+@pytest.mark.parametrize("mode", distributed.MODES)
+def test_the_command_line_carries_the_whole_config(mode: str, tmp_path: Path) -> None:
+    cfg = distributed.RunConfig(global_batch=48, epochs=3, backbone_lr=7e-4, head_lr=0.02, hidden=16, seed=5,
+                                device="cpu")
+    command = distributed.launch_command(mode, tmp_path, nproc=2, cfg=cfg, init=tmp_path / "b.safetensors")
+    args = distributed.parse_command_line(command[command.index("transfer_utils.distributed") + 1:])
+    assert (args.mode, args.out, args.init, args.config) == (mode, str(tmp_path), str(tmp_path / "b.safetensors"), cfg)

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ class RunConfig:
     head_lr: float = 1e-2  #: ... the new head fast (chapter 4's discriminative rates)
     hidden: int = 64
     seed: int = 0
+    device: str = "auto"  #: "cpu", "cuda" (one GPU per process), or "auto": cuda if every process gets a GPU
 
 
 @dataclass
@@ -158,12 +159,28 @@ class DistEnv:
     rank: int  #: 0 .. world_size-1, over all machines
     world_size: int  #: number of processes in the job
     local_rank: int  #: index on this machine: which GPU to use
+    local_world_size: int  #: processes on this machine
 
 
 def dist_env() -> DistEnv:
-    """Read ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; a plain ``python`` run is rank 0 of 1."""
-    return DistEnv(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                   int(os.environ.get("LOCAL_RANK", 0)))
+    """Read ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE``; a plain ``python`` run is rank 0 of 1."""
+    get = os.environ.get
+    return DistEnv(int(get("RANK", 0)), int(get("WORLD_SIZE", 1)), int(get("LOCAL_RANK", 0)),
+                   int(get("LOCAL_WORLD_SIZE", 1)))
+
+
+def resolve_device(requested: str, env: DistEnv, gpu_count: int | None = None) -> torch.device:
+    """``cuda:LOCAL_RANK`` (one GPU per process) or the CPU. ``"auto"`` takes the GPUs only if there
+    is one for every process on this machine: two processes cannot share one GPU under NCCL."""
+    gpus = torch.cuda.device_count() if gpu_count is None else gpu_count
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {requested!r}")
+    if requested == "cuda" and gpus < env.local_world_size:
+        raise ConfigError(f"{env.local_world_size} process(es) on this machine but {gpus} GPU(s): start at most "
+                          f"{gpus} per machine (--nproc_per_node {gpus}) or pass --device cpu.")
+    if requested == "cpu" or gpus < env.local_world_size:
+        return torch.device("cpu")
+    return torch.device("cuda", env.local_rank)
 
 
 def check_batch(global_batch: int, world_size: int, dataset_size: int | None = None) -> int:
@@ -208,8 +225,8 @@ def finetune(out_dir: str | Path, cfg: RunConfig = RunConfig(), init: str | Path
     env, start = dist_env(), time.perf_counter()
     data = digits_task(cfg.seed)
     per_rank = check_batch(cfg.global_batch, env.world_size, len(data["train"]))  # before any waiting on peers
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", env.local_rank) if cuda else torch.device("cpu")
+    device = resolve_device(cfg.device, env)
+    cuda = device.type == "cuda"
     if env.world_size > 1:
         if cuda:
             torch.cuda.set_device(device)  # one process per GPU: LOCAL_RANK picks it
@@ -261,7 +278,8 @@ def finetune_accelerate(out_dir: str | Path, cfg: RunConfig = RunConfig(), init:
     env, start = dist_env(), time.perf_counter()
     data = digits_task(cfg.seed)
     per_rank = check_batch(cfg.global_batch, env.world_size, len(data["train"]))
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # without cpu=True a CPU run is not distributed
+    cpu = resolve_device(cfg.device, env).type == "cpu"
+    accelerator = Accelerator(cpu=cpu)  # on a CPU, without cpu=True each process would run alone
     if accelerator.num_processes != env.world_size:
         raise ConfigError(f"accelerate sees {accelerator.num_processes} process(es) but WORLD_SIZE is "
                           f"{env.world_size}: on a machine without GPUs pass Accelerator(cpu=True).")
@@ -303,8 +321,9 @@ def launch_command(mode: str, out_dir: str | Path, *, nproc: int = 2, cfg: RunCo
     """The command line that runs ``mode`` with ``nproc`` processes, with this Python."""
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
-    script = ["-m", "transfer_utils.distributed", "--mode", mode, "--out", str(out_dir),
-              "--global-batch", str(cfg.global_batch), "--epochs", str(cfg.epochs), "--seed", str(cfg.seed)]
+    script = ["-m", "transfer_utils.distributed", "--mode", mode, "--out", str(out_dir)]
+    for f in fields(cfg):  # every field of the config, so that nothing is lost on the way
+        script += [f"--{f.name.replace('_', '-')}", str(getattr(cfg, f.name))]
     script += ["--init", str(init)] if init is not None else []
     if mode == "single":
         return [sys.executable, *script]
@@ -353,26 +372,32 @@ def max_weight_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_command_line(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options of ``python -m transfer_utils.distributed``; ``.config`` holds the :class:`RunConfig`."""
     parser = argparse.ArgumentParser(prog="python -m transfer_utils.distributed", description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=MODES, required=True,
                         help="single: one process; ddp: plain PyTorch, launch with torchrun; accelerate: HF accelerate")
     parser.add_argument("--out", required=True, help="folder for weights.safetensors and result.json (rank 0)")
-    parser.add_argument("--global-batch", type=int, default=RunConfig.global_batch)
-    parser.add_argument("--epochs", type=int, default=RunConfig.epochs)
-    parser.add_argument("--seed", type=int, default=RunConfig.seed)
+    for f in fields(RunConfig):  # --global-batch, --epochs, ..., --device: one option per field
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                            choices=("auto", "cpu", "cuda") if f.name == "device" else None)
     parser.add_argument("--init", help="pretrained backbone (safetensors); default: pretrain it in memory")
     args = parser.parse_args(argv)
-    cfg = RunConfig(global_batch=args.global_batch, epochs=args.epochs, seed=args.seed)
+    args.config = RunConfig(**{f.name: getattr(args, f.name) for f in fields(RunConfig)})
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_command_line(argv)
     try:
         if args.mode == "single" and dist_env().world_size > 1:
             raise ConfigError("--mode single was started by a launcher with WORLD_SIZE > 1: use --mode ddp")
         if args.mode == "accelerate":
-            finetune_accelerate(args.out, cfg, args.init)
+            finetune_accelerate(args.out, args.config, args.init)
         else:
-            finetune(args.out, cfg, args.init, mode=args.mode)
+            finetune(args.out, args.config, args.init, mode=args.mode)
     except TransferUtilsError as err:  # a mistake in the arguments: the advice, not a traceback
-        print(f"{parser.prog} (rank {dist_env().rank}): error: {err}", file=sys.stderr)
+        print(f"python -m transfer_utils.distributed (rank {dist_env().rank}): error: {err}", file=sys.stderr)
         return 2
     return 0
 
