@@ -218,3 +218,18 @@ def test_bert_case_study_results(executed_notebooks: dict[str, Path]) -> None:
     assert "DataError: predict_texts() takes a list of texts" in text
     assert "is not valid UTF-8" in text
     assert "model.safetensors" in text and "fresh process:" in text
+
+
+@pytest.mark.notebooks
+def test_scaling_out_results(executed_notebooks: dict[str, Path]) -> None:
+    """The appendix: two processes (DDP and accelerate) end with the single process's weights up to
+    float32 rounding, a genuinely different run (twice the global batch) does not, and BatchNorm
+    breaks the gradient identity."""
+    nb = nbformat.read(executed_notebooks["08_scaling_out.ipynb"], as_version=4)
+    glued = {k: float(v) for k, v in read_glued(nb).items()}
+    assert glued["ddp_max_dw"] < 1e-5 and glued["acc_max_dw"] < 1e-5
+    assert glued["ddp_max_dloss"] < 1e-4 and glued["acc_max_dloss"] < 1e-4
+    assert glued["b64_max_dw"] > 1e-2
+    assert glued["grad_avg_diff"] < 1e-12 < 1e-3 < glued["bn_grad_diff"]
+    assert glued["test_acc"] > 0.9
+    assert glued["chapter_minutes"] < 2
