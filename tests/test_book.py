@@ -19,7 +19,8 @@ def _toc_pages() -> list[str]:
     toc = yaml.safe_load((REPO / "_toc.yml").read_text())
     pages = [toc["root"]]
     for part in toc.get("parts", []):
-        pages += [ch["file"] for ch in part["chapters"]]
+        for chapter in part["chapters"]:
+            pages += [chapter["file"]] + [section["file"] for section in chapter.get("sections", [])]
     return pages
 
 

@@ -98,6 +98,7 @@ def test_feature_extraction_results(executed_notebooks: dict[str, Path]) -> None
     ("04_fine_tuning.ipynb", "backbone: ", "resnet18"),
     ("05_resnet_case_study.ipynb", "backbone: ", "resnet18"),
     ("06_bert_case_study.ipynb", "text model: ", "google/bert_uncased_L-4_H-512_A-8"),  # the CPU default
+    ("07_applications.ipynb", "backbone: ", "resnet18"),
 ])
 def test_substitutions_are_announced(executed_notebooks: dict[str, Path], name: str, prefix: str, default: str) -> None:
     """Whenever a notebook ran with another model than its default, it said so."""
@@ -233,3 +234,40 @@ def test_scaling_out_results(executed_notebooks: dict[str, Path]) -> None:
     assert glued["grad_avg_diff"] < 1e-12 < 1e-3 < glued["bn_grad_diff"]
     assert glued["test_acc"] > 0.9
     assert glued["chapter_minutes"] < 2
+
+
+@pytest.mark.notebooks
+def test_applications_results(executed_notebooks: dict[str, Path]) -> None:
+    """Chapter 7 on the CI subset (10 flowers per class, 600/300 sentences): the shift costs the
+    source-only model accuracy and the oracle bounds it; a distilled student stays below its teacher;
+    few-shot accuracy grows with shots; zero-shot beats chance; every method is in the summary; every
+    verdict in the prose was computed."""
+    nb = nbformat.read(executed_notebooks["07_applications.ipynb"], as_version=4)
+    glued = read_glued(nb)
+    num = {k: float(v) for k, v in glued.items() if k.replace("_", "").isalnum() and _is_number(v)}
+    assert num["da_so_source"] > num["da_so_target"] + 0.1        # the domain gap is real
+    assert 0 <= num["dann_target"] <= 1 and 0 <= num["adabn_target"] <= 1
+    assert num["adabn_layers"] > 10                                # every BatchNorm of the backbone
+    assert num["kd_teacher"] > num["kd_acc"] and num["kd_size_ratio"] > 10
+    assert num["fs_img5_proto"] > num["fs_img1_proto"] > 1 / 17 + 0.1
+    assert num["zs_desc"] > 0.55 and num["zs_full"] > 0.6
+    assert num["fusion_best"] > 0.55
+    assert num["chapter_minutes"] < 6
+    for verdict in ("da_verdict", "kd_verdict", "fusion_verdict", "fs_wins"):
+        assert glued[verdict].strip(), verdict
+    text = _outputs_text(nb)
+    for method in ("source only", "DANN", "AdaBN", "student, distilled", "prototypes", "zero-shot (descriptions)",
+                   "shared encoder, two heads", "stacking"):
+        assert method in text or method in _html_text(nb), f"{method!r} missing from the chapter's output"
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _html_text(nb) -> str:
+    return "\n".join(out.get("data", {}).get("text/html", "") for cell in nb.cells for out in cell.get("outputs", []))
