@@ -23,6 +23,10 @@ def glue(name: str, value: Any, display: bool = True) -> None:
     from IPython.core.formatters import format_display_data
     from IPython.display import display as ipy_display
 
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        # A NumPy or torch scalar: glue the plain Python number, whose text myst-nb can format
+        # (`{glue:text}`name:.1%``); numpy 2 would otherwise store "np.float64(0.5)".
+        value = value.item()
     mimebundle, metadata = format_display_data(value)
     prefix = "" if display else GLUE_PREFIX
     metadata["scrapbook"] = {"name": name, "mime_prefix": prefix}
