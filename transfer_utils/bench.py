@@ -166,7 +166,6 @@ def mixed_precision(label: str, out_dir: Path | None = None, seed: int = 0) -> P
     The results go into ``<out_dir>/<label>.json`` under ``"precision"``.
     """
     import copy
-    import dataclasses
     import time
 
     import torch
@@ -255,7 +254,7 @@ def mixed_precision(label: str, out_dir: Path | None = None, seed: int = 0) -> P
         torch.manual_seed(seed)
         model = models.replace_head(copy.deepcopy(backbone.model), len(split["train"].classes))
         _, seconds = timed(lambda: recipes.finetune(model, split["train"].with_transform(prep.tensor_transform(train=True)),
-                                                    None, dataclasses.replace(image_recipe), device=device,
+                                                    None, image_recipe, device=device,
                                                     seed=seed, amp=amp))
         acc = evaluate.evaluate(model, val_loader, device=device).accuracy
         rows.append({"task": "Flowers-17, fine-tune 3 epochs", "model": backbone.name, "amp": amp,
