@@ -97,6 +97,17 @@ def test_mean_pooling_right_and_wrong() -> None:
     assert not r and "shape" in r.message and "one H-dimensional vector" in r.message
     assert "differs from features.mean_pool" in checks.mean_pooling(lambda x, m: right(x, m) + 1e-3).message
 
+    def in_place(x, m):  # modifies its inputs: the check must not be fooled or broken by that
+        x *= m.unsqueeze(-1)
+        return x.sum(1) / m.sum(1, keepdim=True)
+
+    def zero_then_mean(x, m):  # zeroes the padding in place, then divides by the padded length
+        x *= m.unsqueeze(-1)
+        return x.mean(1)
+
+    assert checks.mean_pooling(in_place)
+    assert "padded length" in checks.mean_pooling(zero_then_mean).message  # not misread as "padding included"
+
 
 def test_stage_learning_rates_right_and_wrong() -> None:
     def right(names, head, backbone, decay):

@@ -72,6 +72,8 @@ def test_every_notebook_executes_without_errors(executed_notebooks: dict[str, Pa
         assert not errors, f"{name}: {errors[0]['ename']}: {errors[0]['evalue']}"
         injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert injected and 'SCALE = "ci"' in injected[0].source
+        # the chapter's self-check cells ran in its kernel, as shipped (no answer filled in)
+        assert "❌ Not yet (" in _outputs_text(nb), f"{name}: no self-check cell ran"
 
 
 @pytest.mark.notebooks

@@ -75,7 +75,7 @@ def _compare(exercise: str, fn: Callable[..., object], cases: list[tuple[tuple[o
     call = call or _call
     worst = 0.0
     for args, expected in cases:
-        got = call(exercise, fn, *args)
+        got = call(exercise, fn, *(a.clone() if isinstance(a, torch.Tensor) else a for a in args))  # fn may modify
         if isinstance(got, CheckResult):
             return got
         if not _close(got, expected):
@@ -190,7 +190,7 @@ def distillation_gradient(fn: Callable[[torch.Tensor, torch.Tensor, float], obje
 
 
 def batchnorm_halfway(passes: object, momentum: float = 0.1) -> CheckResult:
-    """Chapter 1, "BatchNorm statistics in train mode": ``passes`` is your answer — how many
+    """Chapter 1, exercise ``ex-nt-bn``: ``passes`` is your answer — how many
     forward passes in ``train()`` mode move BatchNorm's running mean at least halfway from its
     initial value to the batch mean. The check runs a real ``nn.BatchNorm1d`` to find out."""
     exercise = "BatchNorm halfway"
@@ -230,7 +230,7 @@ def _padded_batch(g: torch.Generator, b: int, length: int, h: int) -> tuple[torc
 
 
 def mean_pooling(fn: Callable[[torch.Tensor, torch.Tensor], object], seed: int = 0) -> CheckResult:
-    """Chapter 3, "Sentence embeddings": ``fn(last_hidden, attention_mask)`` must return the mean of
+    """Chapter 3, exercise ``ex-fe-meanpool``: ``fn(last_hidden, attention_mask)`` must return the mean of
     each text's token vectors, padding excluded: ``last_hidden`` is ``[B, L, H]``, ``attention_mask``
     is ``[B, L]`` (1 for a real token, 0 for padding), the result ``[B, H]``."""
     from .features import mean_pool
@@ -254,7 +254,7 @@ def mean_pooling(fn: Callable[[torch.Tensor, torch.Tensor], object], seed: int =
 
 
 def stage_learning_rates(fn: Callable[[Sequence[str], float, float, float], object]) -> CheckResult:
-    """Chapter 4, "One learning rate per stage": ``fn(stage_names, head_lr, backbone_lr, lr_decay)``
+    """Chapter 4, exercise ``ex-ft-stage-lrs``: ``fn(stage_names, head_lr, backbone_lr, lr_decay)``
     must return ``{stage: learning rate}`` as :func:`transfer_utils.recipes.stage_learning_rates`
     does. ``stage_names`` runs from the input to the output; the last name is the new head."""
     exercise = "stage learning rates"
@@ -338,7 +338,7 @@ def _index_set(exercise: str, fn: Callable[..., object], *args: object) -> torch
 
 
 def confident_mistakes(fn: Callable[[torch.Tensor, torch.Tensor, float], object], seed: int = 0) -> CheckResult:
-    """Chapter 5, "Confident mistakes": ``fn(probs, labels, threshold)`` must return the indices of
+    """Chapter 5, exercise ``ex-resnet-confident``: ``fn(probs, labels, threshold)`` must return the indices of
     the examples the model gets wrong while giving its predicted class a probability above
     ``threshold``; ``probs`` is ``[N, K]`` (rows sum to 1), ``labels`` is ``[N]``. Order is ignored."""
     g = torch.Generator().manual_seed(seed)
@@ -384,7 +384,7 @@ def _id_list(exercise: str, fn: Callable[..., object], ids: list[int], max_token
 
 
 def head_tail_truncation(fn: Callable[[list[int], int], object]) -> CheckResult:
-    """Chapter 6, "Long documents": ``fn(ids, max_tokens)`` must keep at most ``max_tokens`` of the
+    """Chapter 6, exercise ``ex-bert-headtail``: ``fn(ids, max_tokens)`` must keep at most ``max_tokens`` of the
     word-piece ``ids`` the way ``text.truncate_ids(ids, max_tokens, "head+tail")`` does: the first
     quarter of the budget (rounded down) from the start and the rest from the end; a text that
     fits is returned unchanged."""
@@ -419,7 +419,7 @@ def head_tail_truncation(fn: Callable[[list[int], int], object]) -> CheckResult:
 
 def distillation_loss(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, float], object],
                       seed: int = 0) -> CheckResult:
-    """Chapter 7, "Knowledge distillation": ``fn(student_logits, teacher_logits, labels, T, alpha)``
+    """Chapter 7, exercise ``ex-app-kd-loss``: ``fn(student_logits, teacher_logits, labels, T, alpha)``
     must return the batch-averaged loss ``alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) +
     (1 − alpha) · CE(s, y)`` as a scalar tensor, like :func:`transfer_utils.distill.distillation_loss`."""
     from .distill import distillation_loss as reference
@@ -478,7 +478,7 @@ def _moments(exercise: str, fn: Callable[..., object], *args: object) -> torch.T
 
 
 def batchnorm_moments(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object], seed: int = 0) -> CheckResult:
-    """Chapter 8, "Synchronised BatchNorm": ``fn(counts, sums, sumsqs)`` gets what each of R ranks
+    """Chapter 8, exercise ``ex-ddp-syncbn``: ``fn(counts, sums, sumsqs)`` gets what each of R ranks
     contributes to one all-reduce — its number of samples ``counts [R]``, and per channel the sum
     ``sums [R, C]`` and sum of squares ``sumsqs [R, C]`` of its activations — and must return the
     whole batch's ``(mean, var)`` per channel, with BatchNorm's biased variance (divide by N)."""
