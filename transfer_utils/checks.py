@@ -51,13 +51,22 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and torch.allclose(a, b, rtol=1e-6, atol=1e-8)
 
 
-def _call(exercise: str, fn: Callable[..., object], *args: object) -> torch.Tensor | CheckResult:
+def _invoke(exercise: str, fn: Callable[..., object], args: Sequence[object], expected: str) -> object:
+    """``fn(*args)``, or a failed :class:`CheckResult` if it raises or returns None (``expected`` says
+    what to return instead). The learner's code: report, don't crash the notebook."""
     try:
         out = fn(*args)
-    except Exception as err:  # the learner's code: report, don't crash the notebook
+    except Exception as err:
         return CheckResult(exercise, False, f"your function raised {type(err).__name__}: {err}")
     if out is None:
-        return CheckResult(exercise, False, "your function returned None: return your result (see the docstring).")
+        return CheckResult(exercise, False, f"your function returned None: return {expected}.")
+    return out
+
+
+def _call(exercise: str, fn: Callable[..., object], *args: object) -> torch.Tensor | CheckResult:
+    out = _invoke(exercise, fn, args, "your result (see the docstring)")
+    if isinstance(out, CheckResult):
+        return out
     if not isinstance(out, torch.Tensor):
         return CheckResult(exercise, False, f"your function returned a {type(out).__name__}, not a torch.Tensor.")
     return out.detach().to(torch.float64)
@@ -294,12 +303,9 @@ def stage_learning_rates(fn: Callable[[Sequence[str], float, float, float], obje
         return set(got) == set(want) and all(math.isclose(float(got[k]), want[k], rel_tol=1e-9) for k in want)
 
     for names, head, backbone, decay in cases:
-        try:
-            got = fn(list(names), head, backbone, decay)
-        except Exception as err:  # the learner's code: report, don't crash the notebook
-            return CheckResult(exercise, False, f"your function raised {type(err).__name__}: {err}")
-        if got is None:
-            return CheckResult(exercise, False, "your function returned None: return a dict {stage name: lr}.")
+        got = _invoke(exercise, fn, (list(names), head, backbone, decay), "a dict {stage name: lr}")
+        if isinstance(got, CheckResult):
+            return got
         if not isinstance(got, dict):
             return CheckResult(exercise, False, f"your function returned a {type(got).__name__}, not a dict.")
         want = reference(names, head, backbone, decay)
@@ -321,12 +327,9 @@ def stage_learning_rates(fn: Callable[[Sequence[str], float, float, float], obje
 
 def _index_set(exercise: str, fn: Callable[..., object], *args: object) -> torch.Tensor | CheckResult:
     """The learner's indices as a sorted float64 tensor (list, array or tensor; order ignored)."""
-    try:
-        out = fn(*args)
-    except Exception as err:  # the learner's code: report, don't crash the notebook
-        return CheckResult(exercise, False, f"your function raised {type(err).__name__}: {err}")
-    if out is None:
-        return CheckResult(exercise, False, "your function returned None: return the list of indices.")
+    out = _invoke(exercise, fn, args, "the list of indices")
+    if isinstance(out, CheckResult):
+        return out
     try:
         values = torch.as_tensor(list(torch.as_tensor(out).reshape(-1).tolist()), dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
@@ -367,12 +370,9 @@ def confident_mistakes(fn: Callable[[torch.Tensor, torch.Tensor, float], object]
 
 
 def _id_list(exercise: str, fn: Callable[..., object], ids: list[int], max_tokens: int) -> torch.Tensor | CheckResult:
-    try:
-        out = fn(list(ids), max_tokens)
-    except Exception as err:  # the learner's code: report, don't crash the notebook
-        return CheckResult(exercise, False, f"your function raised {type(err).__name__}: {err}")
-    if out is None:
-        return CheckResult(exercise, False, "your function returned None: return the list of ids you keep.")
+    out = _invoke(exercise, fn, (list(ids), max_tokens), "the list of ids you keep")
+    if isinstance(out, CheckResult):
+        return out
     try:
         kept = [int(i) for i in out]  # type: ignore[attr-defined]
     except (TypeError, ValueError):
@@ -462,12 +462,9 @@ def distillation_loss(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, fl
 
 
 def _moments(exercise: str, fn: Callable[..., object], *args: object) -> torch.Tensor | CheckResult:
-    try:
-        out = fn(*args)
-    except Exception as err:  # the learner's code: report, don't crash the notebook
-        return CheckResult(exercise, False, f"your function raised {type(err).__name__}: {err}")
-    if out is None:
-        return CheckResult(exercise, False, "your function returned None: return (mean, var).")
+    out = _invoke(exercise, fn, args, "(mean, var)")
+    if isinstance(out, CheckResult):
+        return out
     if not isinstance(out, tuple | list) or len(out) != 2 or not all(isinstance(v, torch.Tensor) for v in out):
         return CheckResult(exercise, False, "return a pair of tensors (mean, var), one value per channel each.")
     mean, var = (v.detach().to(torch.float64) for v in out)
