@@ -210,6 +210,7 @@ def test_batchnorm_moments_right_and_wrong() -> None:
         lambda n, s, q: (right(n, s, q)[0], (per(n, s, q)[1] * n[:, None]).sum(0) / n.sum())).message
     assert "unbiased" in checks.batchnorm_moments(
         lambda n, s, q: (right(n, s, q)[0], right(n, s, q)[1] * n.sum() / (n.sum() - 1))).message
+    assert "mean of the squares" in checks.batchnorm_moments(lambda n, s, q: (right(n, s, q)[0], q.sum(0) / n.sum())).message
     assert "pair of tensors" in checks.batchnorm_moments(lambda n, s, q: right(n, s, q)[0]).message
     # the check's reference is what a BatchNorm layer computes on the concatenated batch
     x = torch.randn(10, 3, dtype=torch.float64)

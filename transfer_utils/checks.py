@@ -506,6 +506,8 @@ def batchnorm_moments(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], o
          "their means differ too."),
         (lambda n, s, q: torch.stack([total(n, s, q)[1], total(n, s, q)[2] * total(n, s, q)[0] / (total(n, s, q)[0] - 1)]),
          "that is the unbiased variance (divide by N − 1); BatchNorm normalises with the biased one."),
+        (lambda n, s, q: torch.stack([total(n, s, q)[1], q.sum(0) / n.sum()]),
+         "the mean is right; your variance is the mean of the squares. What must be taken away from it?"),
         (lambda n, s, q: torch.stack([per_rank(n, s, q)[0].mean(0), total(n, s, q)[2]]),
          "the variance is right but the mean is not: the ranks hold different numbers of samples."),
     ]
