@@ -162,7 +162,8 @@ def mixed_precision(label: str, out_dir: Path | None = None, seed: int = 0) -> P
 
     The same fine-tuning runs as chapter 6 (Rotten Tomatoes, its recipe, one epoch) and chapter 5
     (Flowers-17, its recipe, 3 epochs), once with ``amp=False`` and once with ``amp=True``; plus the
-    time of a training step of a BERT-base-sized model (random weights, batch 32 x 64 pieces).
+    time of a training step of a BERT-base-sized model (random weights) at batches of 32 x 64 and
+    128 x 128 pieces.
     The results go into ``<out_dir>/<label>.json`` under ``"precision"``.
     """
     import copy

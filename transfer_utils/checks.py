@@ -266,17 +266,13 @@ def stage_learning_rates(fn: Callable[[Sequence[str], float, float, float], obje
     """Chapter 4, exercise ``ex-ft-stage-lrs``: ``fn(stage_names, head_lr, backbone_lr, lr_decay)``
     must return ``{stage: learning rate}`` as :func:`transfer_utils.recipes.stage_learning_rates`
     does. ``stage_names`` runs from the input to the output; the last name is the new head."""
+    from .recipes import learning_rates_by_stage as reference
+
     exercise = "stage learning rates"
     cases = [(["stem", "layer1", "layer2", "layer3", "layer4", "fc"], 1e-3, 1e-4, 0.5),
              (["embeddings", "encoder.0", "encoder.1", "classifier"], 2e-4, 3e-5, 0.8),
              (["features.0", "features.1", "head"], 1e-2, 1e-3, 0.1),
              (["body", "head"], 1e-3, 1e-4, 0.5)]
-
-    def reference(names: Sequence[str], head: float, backbone: float, decay: float) -> dict[str, float]:
-        lrs = {names[-1]: head}
-        for depth, name in enumerate(reversed(names[:-1])):
-            lrs[name] = backbone * decay**depth
-        return lrs
 
     def bottom_up(names: Sequence[str], head: float, backbone: float, decay: float) -> dict[str, float]:
         return {**{n: backbone * decay**i for i, n in enumerate(names[:-1])}, names[-1]: head}
@@ -331,7 +327,7 @@ def _index_set(exercise: str, fn: Callable[..., object], *args: object) -> torch
     if isinstance(out, CheckResult):
         return out
     try:
-        values = torch.as_tensor(list(torch.as_tensor(out).reshape(-1).tolist()), dtype=torch.float64)
+        values = torch.as_tensor(out).reshape(-1).to(torch.float64)
     except (TypeError, ValueError, RuntimeError):
         return CheckResult(exercise, False, f"your function returned a {type(out).__name__} that is not a list of "
                                             "indices.")
@@ -492,24 +488,35 @@ def batchnorm_moments(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], o
         mean = s / n[:, None]
         return mean, q / n[:, None] - mean**2
 
-    def total(n: torch.Tensor, s: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        big_n = n.sum()
-        mean = s.sum(0) / big_n
-        return big_n, mean, q.sum(0) / big_n - mean**2
+    def whole(n: torch.Tensor, s: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = s.sum(0) / n.sum()
+        return mean, q.sum(0) / n.sum() - mean**2
+
+    def rank_averages(n: torch.Tensor, s: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return torch.stack([v.mean(0) for v in per_rank(n, s, q)])
+
+    def within_ranks_only(n: torch.Tensor, s: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return torch.stack([whole(n, s, q)[0], (per_rank(n, s, q)[1] * n[:, None]).sum(0) / n.sum()])
+
+    def unbiased(n: torch.Tensor, s: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        mean, var = whole(n, s, q)
+        return torch.stack([mean, var * n.sum() / (n.sum() - 1)])
+
+    def mean_of_squares(n: torch.Tensor, s: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return torch.stack([whole(n, s, q)[0], q.sum(0) / n.sum()])
+
+    def unweighted_mean(n: torch.Tensor, s: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return torch.stack([per_rank(n, s, q)[0].mean(0), whole(n, s, q)[1]])
 
     mistakes = [
-        (lambda n, s, q: torch.stack([per_rank(n, s, q)[0].mean(0), per_rank(n, s, q)[1].mean(0)]),
-         "you averaged the ranks' own means and variances as if every rank held as many samples, and as if the "
-         "ranks' means did not differ. Which three totals does one all-reduce give you?"),
-        (lambda n, s, q: torch.stack([total(n, s, q)[1], (per_rank(n, s, q)[1] * n[:, None]).sum(0) / n.sum()]),
-         "the mean is right, but the variance of the whole batch is more than the average of the ranks' variances: "
-         "their means differ too."),
-        (lambda n, s, q: torch.stack([total(n, s, q)[1], total(n, s, q)[2] * total(n, s, q)[0] / (total(n, s, q)[0] - 1)]),
-         "that is the unbiased variance (divide by N − 1); BatchNorm normalises with the biased one."),
-        (lambda n, s, q: torch.stack([total(n, s, q)[1], q.sum(0) / n.sum()]),
-         "the mean is right; your variance is the mean of the squares. What must be taken away from it?"),
-        (lambda n, s, q: torch.stack([per_rank(n, s, q)[0].mean(0), total(n, s, q)[2]]),
-         "the variance is right but the mean is not: the ranks hold different numbers of samples."),
+        (rank_averages, "you averaged the ranks' own means and variances as if every rank held as many samples, "
+                        "and as if the ranks' means did not differ. Which three totals does one all-reduce give you?"),
+        (within_ranks_only, "the mean is right, but the variance of the whole batch is more than the average of the "
+                            "ranks' variances: their means differ too."),
+        (unbiased, "that is the unbiased variance (divide by N − 1); BatchNorm normalises with the biased one."),
+        (mean_of_squares, "the mean is right; your variance is the mean of the squares. What must be taken away "
+                          "from it?"),
+        (unweighted_mean, "the variance is right but the mean is not: the ranks hold different numbers of samples."),
     ]
     return _compare("BatchNorm moments", fn, cases, mistakes, reference="the moments of the whole batch",
                     shape_hint="mean and var, one value per channel", call=_moments)

@@ -13,7 +13,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,14 +48,20 @@ class FinetuneConfig:
     clip_grad_norm: float | None = 5.0
 
 
-def stage_learning_rates(model: nn.Module, cfg: FinetuneConfig) -> dict[str, float]:
-    """``{stage: lr}``: the head gets ``head_lr``, the stage below it ``backbone_lr``, and each
-    stage further down ``lr_decay`` times the one above it."""
-    names = list(models.stages(model))
-    lrs = {names[-1]: cfg.head_lr}
+def learning_rates_by_stage(names: Sequence[str], head_lr: float, backbone_lr: float,
+                            lr_decay: float) -> dict[str, float]:
+    """``{stage: lr}`` for stages ``names`` listed from the input to the head: the head (last name)
+    gets ``head_lr``, the stage below it ``backbone_lr``, and each stage further down ``lr_decay``
+    times the one above it."""
+    lrs = {names[-1]: head_lr}
     for depth, name in enumerate(reversed(names[:-1])):
-        lrs[name] = cfg.backbone_lr * cfg.lr_decay**depth
+        lrs[name] = backbone_lr * lr_decay**depth
     return lrs
+
+
+def stage_learning_rates(model: nn.Module, cfg: FinetuneConfig) -> dict[str, float]:
+    """:func:`learning_rates_by_stage` for ``model``'s stages and the recipe's rates."""
+    return learning_rates_by_stage(list(models.stages(model)), cfg.head_lr, cfg.backbone_lr, cfg.lr_decay)
 
 
 def finetune(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None, cfg: FinetuneConfig, *,
