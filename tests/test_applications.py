@@ -158,3 +158,17 @@ def test_average_probabilities() -> None:
         fewshot.average_probabilities([a, b], [0, 0])
     with pytest.raises(ConfigError, match="nothing to fuse"):
         fewshot.average_probabilities([])
+
+
+def test_adabn_that_fails_leaves_the_statistics_as_they_were() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    net.train()(torch.randn(8, 3, 8, 8) + 3.0)  # statistics worth keeping
+    before = {k: v.clone() for k, v in net[1].state_dict().items()}
+    with pytest.raises(ConfigError, match="no target images"):
+        adaptation.adapt_batchnorm(net, [])
+    with pytest.raises(RuntimeError):
+        adaptation.adapt_batchnorm(net, [torch.randn(4, 3, 8, 8), torch.randn(4, 5, 8, 8)])  # 5 channels: rejected
+    for k, v in before.items():
+        assert torch.equal(net[1].state_dict()[k], v), f"{k} was lost"
+    assert net[1].momentum == 0.1 and not net.training

@@ -132,26 +132,32 @@ def adapt_batchnorm(model: nn.Module, batches: Iterable[Any], device: torch.devi
     Weights do not change. The statistics are a plain (cumulative) average over all batches, so
     the order of the batches does not matter; dropout stays off. ``batches`` yields images or
     ``(images, labels)`` pairs (labels are ignored: no target label is needed). Returns the
-    number of BatchNorm layers adapted; the model is left in ``eval()`` mode.
+    number of BatchNorm layers adapted; the model is left in ``eval()`` mode. If it fails (no
+    images, a batch the model rejects), every layer gets its previous statistics back.
     """
     layers = batchnorm_layers(model)
     if not layers:
         raise ConfigError("the model has no BatchNorm layer: AdaBN has nothing to adapt")
     model.to(device).eval()
-    momenta = []
+    saved = [(bn.momentum, {k: v.clone() for k, v in bn.state_dict().items()}) for bn in layers]
     for bn in layers:
-        momenta.append(bn.momentum)
         bn.reset_running_stats()
         bn.momentum = None  # cumulative moving average
         bn.train()
     seen = 0
-    for batch in batches:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        model(images.to(device))
-        seen += len(images)
-    for bn, momentum in zip(layers, momenta):
-        bn.momentum = momentum
-    model.eval()
-    if seen == 0:
-        raise ConfigError("no target images were given to AdaBN")
+    try:
+        for batch in batches:
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            model(images.to(device))
+            seen += len(images)
+        if seen == 0:
+            raise ConfigError("no target images were given to AdaBN")
+    except BaseException:
+        for bn, (_, state) in zip(layers, saved):  # nothing is lost: the statistics the model had
+            bn.load_state_dict(state)
+        raise
+    finally:
+        for bn, (momentum, _) in zip(layers, saved):
+            bn.momentum = momentum
+        model.eval()
     return len(layers)
