@@ -1,7 +1,8 @@
 # Set-up and build for "Transfer Learning with PyTorch".
 #
 #   make book   create the environment if needed, execute every chapter, build _build/html
-#   make test   create the environment if needed, run every test (unit, notebooks, book, HTML)
+#   make test   create the environment if needed, run every test: the fast lane (unit tests) first,
+#               then each notebook at CI scale, the book with -W and its HTML
 #   make lab    open JupyterLab on notebooks/ with the project's environment and kernel
 #   make book EDITION=student   the same book with the exercise solutions hidden
 #
@@ -59,8 +60,10 @@ chromium:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test: assets chromium
-	@echo "== running every test: unit tests, each notebook at CI scale, the book with -W, the HTML"
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@echo "== fast lane: unit tests (no chapter execution, no book build); a failure here stops the run"
+	$(PY) -m pytest -m "not notebooks and not book and not colab" $(PYTEST_ARGS)
+	@echo "== slow lane: each chapter executed once at CI scale, the book with -W, the HTML, the Colab mimic"
+	$(PY) -m pytest -m "notebooks or book or colab" $(PYTEST_ARGS)
 
 lab: assets
 	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)

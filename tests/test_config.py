@@ -24,9 +24,14 @@ def test_seed_everything_is_reproducible() -> None:
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-def test_pick_device() -> None:
+def test_pick_device_prefers_cuda_then_mps_then_cpu(monkeypatch) -> None:
     assert config.pick_device("cpu").type == "cpu"
-    assert config.pick_device().type in ("cpu", "cuda", "mps")
+    assert config.pick_device("meta").type == "meta"  # an explicit choice wins
+    mps = torch.backends.mps
+    for cuda, apple, expected in ((True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        monkeypatch.setattr(mps, "is_available", lambda apple=apple: apple)
+        assert config.pick_device().type == expected, (cuda, apple)
 
 
 def test_offline_explicit_true_announces_and_sets_hub_offline(monkeypatch, capsys) -> None:

@@ -91,7 +91,6 @@ def test_feature_extraction_results(executed_notebooks: dict[str, Path]) -> None
     # Transfer helps most with few labels: the frozen encoder beats TF-IDF at 100 sentences.
     assert glued["rt_small_n"] == 100 and glued["rt_small_gain"] > 0.02
     assert 0.6 < glued["rt_frozen_acc"] < 0.95
-    assert glued["chapter_minutes"] < 5
 
 
 @pytest.mark.notebooks
@@ -133,24 +132,6 @@ def test_fine_tuning_results(executed_notebooks: dict[str, Path]) -> None:
     assert num["forget_recipe_restored"] > num["forget_recipe_agree"]
     assert num["forget_aggr_kl_restored"] > num["forget_recipe_kl_restored"] > num["forget_l2sp_kl_restored"]
     assert glued["resume_identical"] == "True"
-    assert num["chapter_minutes"] < 4
-
-
-@pytest.mark.notebooks
-def test_outputs_are_reproducible_with_nbval(executed_notebooks: dict[str, Path], tmp_path: Path) -> None:
-    """Re-run each executed chapter with nbval: cells tagged ``nbval-check-output`` (backbone and
-    preprocessing, tokenisation, data splits) must print exactly what the first execution printed."""
-    import subprocess
-    import sys
-
-    for name, path in executed_notebooks.items():
-        nb = nbformat.read(path, as_version=4)
-        checked = [c for c in nb.cells if "nbval-check-output" in c.metadata.get("tags", [])]
-        assert checked, f"{name}: no cell is tagged nbval-check-output"
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
-                               "--nbval-current-env", str(path), "--rootdir", str(tmp_path)],
-                              capture_output=True, text=True, cwd=REPO / "notebooks", timeout=1200)
-        assert proc.returncode == 0, f"{name}: nbval found differences\n{proc.stdout[-4000:]}"
 
 
 @pytest.mark.notebooks
@@ -193,7 +174,6 @@ def test_resnet_case_study_results(executed_notebooks: dict[str, Path]) -> None:
     assert float(glued["ours_speedup"]) > 1
     assert glued["reload_same"] == "True"
     assert 0.5 <= float(glued["tta_acc"]) <= 1.0
-    assert float(glued["chapter_minutes"]) < 3
     text = _outputs_text(nb)
     assert "fresh process:" in text and "model.safetensors" in text
 
@@ -207,7 +187,7 @@ def test_bert_case_study_results(executed_notebooks: dict[str, Path]) -> None:
     glued = read_glued(nb)
     num = {k: float(v) for k, v in glued.items()
            if k in ("ft_plain_acc", "ft_trainer_acc", "ft_diff", "ft_two_se", "frozen_cls_acc", "frozen_mean_acc",
-                    "imdb_head_acc", "imdb_tail_acc", "imdb_headtail_acc", "rt_fit", "chapter_minutes", "base_ratio")}
+                    "imdb_head_acc", "imdb_tail_acc", "imdb_headtail_acc", "rt_fit", "base_ratio")}
     assert num["ft_plain_acc"] > 0.6 and num["ft_trainer_acc"] > 0.6
     assert glued["ft_within_noise"] == "True" and num["ft_diff"] <= num["ft_two_se"]
     assert 0.55 < num["frozen_mean_acc"] < 0.95 and 0.5 <= num["frozen_cls_acc"] < 0.95
@@ -215,7 +195,6 @@ def test_bert_case_study_results(executed_notebooks: dict[str, Path]) -> None:
     assert num["rt_fit"] > 0.99                     # max_length 64 covers the sentences
     assert num["base_ratio"] > 2                    # BERT-base size is slower than the chapter's model
     assert glued["reload_same"] == "True"
-    assert num["chapter_minutes"] < 4
     text = _outputs_text(nb)
     assert "DataError: text(s) at position(s) [1] are empty" in text
     assert "DataError: predict_texts() takes a list of texts" in text
@@ -235,7 +214,6 @@ def test_scaling_out_results(executed_notebooks: dict[str, Path]) -> None:
     assert glued["b64_max_dw"] > 1e-2
     assert glued["grad_avg_diff"] < 1e-12 < 1e-3 < glued["bn_grad_diff"]
     assert glued["test_acc"] > 0.9
-    assert glued["chapter_minutes"] < 2
 
 
 @pytest.mark.notebooks
@@ -254,7 +232,6 @@ def test_applications_results(executed_notebooks: dict[str, Path]) -> None:
     assert num["fs_img5_proto"] > num["fs_img1_proto"] > 1 / 17 + 0.1
     assert num["zs_desc"] > 0.55 and num["zs_full"] > 0.6
     assert num["fusion_best"] > 0.55
-    assert num["chapter_minutes"] < 6
     for verdict in ("da_verdict", "kd_verdict", "fusion_verdict", "fs_wins"):
         assert glued[verdict].strip(), verdict
     text = _outputs_text(nb)

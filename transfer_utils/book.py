@@ -61,10 +61,23 @@ def executed_dir(scale: str) -> Path:
     return _repo() / "_build" / "executed" / scale
 
 
-def execute(scale: str, names: list[str] | None = None, timeout: int = 1800) -> list[Execution]:
-    """Run each notebook top to bottom with papermill (``SCALE`` injected); fail on the first error.
+class ChaptersFailed(RuntimeError):
+    """One or more chapters raised while executing; every failure is listed, not only the first."""
 
-    Timings are written to ``_build/executed/<scale>/timings.json``.
+    def __init__(self, failures: dict[str, str]) -> None:
+        self.failures = failures
+        lines = "\n".join(f"  - {name}: {why}" for name, why in failures.items())
+        super().__init__(f"{len(failures)} chapter(s) failed to execute:\n{lines}\n"
+                         "The executed copies (with the failing cell's traceback) are in _build/executed/.")
+
+
+def execute(scale: str, names: list[str] | None = None, timeout: int | None = None) -> list[Execution]:
+    """Run each notebook top to bottom with papermill (``SCALE`` injected).
+
+    Every chapter runs even when an earlier one fails; the failures are raised together at the
+    end (:class:`ChaptersFailed`). There is no per-cell time limit by default (``timeout=None``):
+    a slow or busy machine finishes slowly instead of failing; time budgets are the benchmark's
+    business (``transfer_utils.bench``). Timings are written to ``_build/executed/<scale>/timings.json``.
     """
     import papermill as pm
 
@@ -78,19 +91,27 @@ def execute(scale: str, names: list[str] | None = None, timeout: int = 1800) -> 
     timings_file = out_dir / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     results = []
+    failures: dict[str, str] = {}
     for nb in notebooks():
         if names and nb.stem not in names and nb.name not in names:
             continue
         out = out_dir / nb.name
         print(f"[book] executing {nb.name} (SCALE={scale}) ...", flush=True)
         start = time.perf_counter()
-        pm.execute_notebook(str(nb), str(out), parameters={"SCALE": scale}, kernel_name="python3",
-                            cwd=str(nb.parent), progress_bar=False, execution_timeout=timeout)
+        try:
+            pm.execute_notebook(str(nb), str(out), parameters={"SCALE": scale}, kernel_name="python3",
+                                cwd=str(nb.parent), progress_bar=False, execution_timeout=timeout)
+        except Exception as err:  # noqa: BLE001 - reported with the others below
+            failures[nb.name] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+            print(f"[book] {nb.name} FAILED: {failures[nb.name]}", flush=True)
+            continue
         seconds = time.perf_counter() - start
         print(f"[book] {nb.name}: {seconds:.1f} s", flush=True)
         results.append(Execution(nb.name, str(out), seconds))
         timings[nb.name] = seconds
         timings_file.write_text(json.dumps(timings, indent=2))
+    if failures:
+        raise ChaptersFailed(failures)
     return results
 
 

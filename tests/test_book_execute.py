@@ -1,0 +1,52 @@
+"""The chapter executor (fast lane): one failing chapter does not hide the others, and no per-cell
+time limit turns a slow machine into a failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from transfer_utils import book
+
+
+def _notebook(path: Path, *sources: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell('SCALE = "full"', metadata={"tags": ["parameters"]}),
+                *(nbformat.v4.new_code_cell(s) for s in sources)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_every_chapter_runs_and_every_failure_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    chapters = [_notebook(src / "01_fails.ipynb", "raise ValueError('first chapter broke')"),
+                _notebook(src / "02_fine.ipynb", "print('scale', SCALE)"),
+                _notebook(src / "03_fails_too.ipynb", "1 / 0")]
+    monkeypatch.setattr(book, "notebooks", lambda: chapters)
+    monkeypatch.setattr(book, "executed_dir", lambda scale: tmp_path / "executed" / scale)
+    with pytest.raises(book.ChaptersFailed) as caught:
+        book.execute("ci")
+    assert set(caught.value.failures) == {"01_fails.ipynb", "03_fails_too.ipynb"}
+    assert "first chapter broke" in str(caught.value) and "ZeroDivisionError" in str(caught.value)
+    # the chapter after the first failure still ran, with the injected scale
+    done = nbformat.read(tmp_path / "executed" / "ci" / "02_fine.ipynb", as_version=4)
+    assert "scale ci" in done.cells[-1].outputs[0].text
+
+
+def test_no_per_cell_time_limit_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, object] = {}
+
+    def fake_execute(src: str, out: str, **kwargs: object) -> None:
+        seen.update(kwargs)
+
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    monkeypatch.setattr(book, "notebooks", lambda: [tmp_path / "01_x.ipynb"])
+    monkeypatch.setattr(book, "executed_dir", lambda scale: tmp_path / "executed" / scale)
+    book.execute("ci")
+    assert seen["execution_timeout"] is None
