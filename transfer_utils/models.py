@@ -1,6 +1,6 @@
 """One factory for pretrained backbones, and the surgery transfer learning needs.
 
-* :func:`create_backbone` — torchvision (``resnet18``, ``resnet50``) and timm
+* :func:`create_backbone` — torchvision (``resnet18``, ``resnet50``, ``mobilenet_v2``) and timm
   (``tf_efficientnet_lite0``) image backbones with their own preprocessing; offline, an
   unavailable canonical checkpoint is replaced by its registered substitute, *printed*.
 * :func:`create_text_encoder` — a Hugging Face encoder and its tokenizer, same rules.
@@ -71,7 +71,7 @@ def _hub_cached(repo_id: str, filename: str) -> bool:
 
 def _is_cached(asset: assets.ModelAsset) -> bool:
     if asset.library == "torchvision":
-        return _torchvision_cached(asset)
+        return _torchvision_cached(asset) or assets.mirrored_features_file(asset.name).is_file()
     return _hub_cached(asset.canonical, "model.safetensors" if asset.library == "timm" else "config.json")
 
 
@@ -94,13 +94,34 @@ def resolve_model(name: str, libraries: tuple[str, ...], *, offline: bool, kind:
     return resolve_model(asset.offline_substitute, libraries, offline=offline, kind=kind)
 
 
-def _torchvision_backbone(name: str, pretrained: bool) -> Backbone:
+def _final_linear(model: nn.Module) -> nn.Linear:
+    """The classifier's last linear layer: ``fc``, ``classifier``, or the end of a ``classifier`` block."""
+    layer = getattr(model, "fc", None) or getattr(model, "classifier", None)
+    if isinstance(layer, nn.Sequential):
+        layer = layer[-1]
+    if not isinstance(layer, nn.Linear):
+        raise ConfigError(f"{type(model).__name__} has no linear head named 'fc' or 'classifier'")
+    return layer
+
+
+def _torchvision_backbone(name: str, pretrained: bool, offline: bool = False) -> Backbone:
     import torchvision
 
     weights_enum = torchvision.models.get_model_weights(name)
     weights = weights_enum.DEFAULT if pretrained else None
-    model = torchvision.models.get_model(name, weights=weights)
-    if weights is not None:
+    mirror = assets.mirrored_features_file(name)
+    features_only = pretrained and offline and not _torchvision_cached(assets.MODELS[name]) and mirror.is_file()
+    model = torchvision.models.get_model(name, weights=None if features_only else weights)
+    if features_only:  # the offline mirror holds the ImageNet feature layers only (see the registry)
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(mirror)), strict=False)
+        print(f"[transfer_utils] {name}: ImageNet feature layers from the offline mirror ({mirror.name}); "
+              "its 1000-class classifier is random (fine for features and a new head).")
+    if features_only:  # not torchvision's file: the classic ImageNet recipe (256 -> 224, bilinear)
+        prep = Preprocessing(224, 256, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+        source = f"ImageNet {name} feature layers, offline mirror {assets.MODELS[name].mirror_package}"
+    elif weights is not None:
         tf = weights.transforms()
         prep = Preprocessing(tf.crop_size[0], tf.resize_size[0], tf.interpolation.value,
                              tuple(tf.mean), tuple(tf.std))  # type: ignore[arg-type]
@@ -108,7 +129,7 @@ def _torchvision_backbone(name: str, pretrained: bool) -> Backbone:
     else:
         prep = Preprocessing(224, 256, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
         source = "random initialisation"
-    return Backbone(name, name, model, model.fc.in_features, prep, source)
+    return Backbone(name, name, model, _final_linear(model).in_features, prep, source)
 
 
 def _timm_backbone(name: str, pretrained: bool, offline: bool = False) -> Backbone:
@@ -148,7 +169,7 @@ def create_backbone(name: str, *, pretrained: bool = True, offline: bool = False
     asset = assets.MODELS[name]
     try:
         if asset.library == "torchvision":
-            return _torchvision_backbone(name, pretrained)
+            return _torchvision_backbone(name, pretrained, offline)
         return _timm_backbone(name, pretrained, offline)
     except OSError as err:  # URLError, connection errors and missing cache files all derive from it
         where = (assets.torch_checkpoint_dir() / asset.canonical.rsplit("/", 1)[-1] if asset.library == "torchvision"
@@ -174,6 +195,8 @@ def feature_extractor(model: nn.Module) -> nn.Module:
         trunk.reset_classifier(0)
     elif isinstance(getattr(trunk, "fc", None), nn.Linear):
         trunk.fc = nn.Identity()
+    elif isinstance(getattr(trunk, "classifier", None), nn.Sequential):  # torchvision MobileNet, EfficientNet
+        trunk.classifier = nn.Identity()
     else:
         raise ConfigError(f"don't know where the head of {type(model).__name__} is")
     return trunk
