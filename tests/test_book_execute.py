@@ -28,6 +28,7 @@ def test_every_chapter_runs_and_every_failure_is_reported(tmp_path: Path, monkey
                 _notebook(src / "03_fails_too.ipynb", "1 / 0")]
     monkeypatch.setattr(book, "notebooks", lambda: chapters)
     monkeypatch.setattr(book, "executed_dir", lambda scale: tmp_path / "executed" / scale)
+    monkeypatch.setattr(book, "source_commit", lambda: None)  # these notebooks have no Colab set-up cell
     with pytest.raises(book.ChaptersFailed) as caught:
         book.execute("ci")
     assert set(caught.value.failures) == {"01_fails.ipynb", "03_fails_too.ipynb"}
@@ -48,5 +49,6 @@ def test_no_per_cell_time_limit_by_default(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
     monkeypatch.setattr(book, "notebooks", lambda: [tmp_path / "01_x.ipynb"])
     monkeypatch.setattr(book, "executed_dir", lambda scale: tmp_path / "executed" / scale)
+    monkeypatch.setattr(book, "source_commit", lambda: None)
     book.execute("ci")
     assert seen["execution_timeout"] is None

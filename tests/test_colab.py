@@ -98,3 +98,34 @@ def test_setup_cell_makes_a_chapter_runnable_in_a_colab_like_environment(tmp_pat
     # Running the set-up cell again is harmless (the header promises it).
     again = _run([str(python), "-c", nb.cells[1].source], env, content)
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_the_executed_chapters_pin_the_set_up_cell_to_the_built_commit(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    """The committed chapters install the default branch; the executed copies the pages are built from
+    (and offer for download) install the commit they were executed at. Fast: papermill is replaced by
+    a copy of the notebook it is given."""
+    import papermill
+
+    from transfer_utils import book
+    from transfer_utils.errors import ConfigError
+
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    commit = head.stdout.strip()
+    url = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]["url"].rstrip("/")
+    monkeypatch.setattr(book, "executed_dir", lambda scale: tmp_path / scale)
+    monkeypatch.setattr(papermill, "execute_notebook", lambda source, out, **kwargs: nbformat.write(
+        source if isinstance(source, nbformat.NotebookNode) else nbformat.read(source, as_version=4), out))
+    results = book.execute("ci")
+    assert len(results) == len(book.notebooks()) > 0
+    for result, committed in zip(results, book.notebooks()):
+        setup = next(c for c in nbformat.read(result.output, as_version=4).cells if c.cell_type == "code")
+        assert f'"transfer-utils @ git+{url}@{commit}"' in setup.source, result.notebook
+        original = next(c for c in nbformat.read(committed, as_version=4).cells if c.cell_type == "code")
+        assert f'git+{url}"' in original.source  # the committed copy keeps the readable default
+        assert setup.source == original.source.replace(f'git+{url}"', f'git+{url}@{commit}"')
+
+    assert book.source_commit() == commit
+    no_setup = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('no set-up cell')")])
+    with pytest.raises(ConfigError, match="first code cell must be the Colab set-up cell"):
+        book.pin_setup_cell(no_setup, commit, "x.ipynb")

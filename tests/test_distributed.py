@@ -4,13 +4,19 @@ really did half of the work."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from transfer_utils import distributed
-from transfer_utils.errors import ConfigError
+from transfer_utils.errors import ConfigError, LaunchError, LaunchTimeoutError
 
 # Same samples, same steps: only the order of float32 additions differs (a sum over 32 samples
 # vs two sums over 16 added by the all-reduce), a few ulps (~1e-7 relative) per gradient. Over
@@ -86,7 +92,7 @@ def test_uneven_global_batch_is_refused_with_advice() -> None:
 
 def test_uneven_global_batch_fails_fast_under_torchrun(tmp_path: Path) -> None:
     """Every rank checks before joining the process group, so nobody waits for a peer that quit."""
-    with pytest.raises(RuntimeError, match=r"\(rank [01]\): error: the global batch 33 cannot be split evenly"):
+    with pytest.raises(LaunchError, match=r"\(rank [01]\): error: the global batch 33 cannot be split evenly"):
         distributed.launch("ddp", tmp_path, nproc=2, cfg=distributed.RunConfig(global_batch=33, device="cpu"), timeout=60)
     assert not (tmp_path / "weights.safetensors").exists()
 
@@ -112,3 +118,122 @@ def test_the_command_line_carries_the_whole_config(mode: str, tmp_path: Path) ->
     command = distributed.launch_command(mode, tmp_path, nproc=2, cfg=cfg, init=tmp_path / "b.safetensors")
     args = distributed.parse_command_line(command[command.index("transfer_utils.distributed") + 1:])
     assert (args.mode, args.out, args.init, args.config) == (mode, str(tmp_path), str(tmp_path / "b.safetensors"), cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# The launcher: an explicit port, and nothing left running after a timeout
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "flag"), [("ddp", "--master_port"), ("accelerate", "--main_process_port")])
+def test_the_launch_command_names_a_free_port_on_the_loopback_address(mode: str, flag: str, tmp_path: Path) -> None:
+    """Port 0 (or torchrun --standalone) reaches the workers as MASTER_PORT=0 on torch 2.5: they wait forever."""
+    command = distributed.launch_command(mode, tmp_path, nproc=2, cfg=CFG)
+    assert "--standalone" not in command
+    port = int(command[command.index(flag) + 1])
+    assert 0 < port < 65536
+    assert "127.0.0.1" in command
+    chosen = distributed.launch_command(mode, tmp_path, cfg=CFG, port=29511)
+    assert chosen[chosen.index(flag) + 1] == "29511"
+    with pytest.raises(ConfigError, match="port must be between 1 and 65535"):
+        distributed.launch_command(mode, tmp_path, cfg=CFG, port=0)
+
+
+def test_free_port_can_be_bound() -> None:
+    port = distributed.free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", port))  # raises OSError if it was not free
+
+
+# A "launcher" that hangs: it starts a worker that holds stdout and stderr open and sleeps, then
+# sleeps itself, ignoring SIGTERM (so that only SIGKILL stops it). Both pids go to a file.
+_HANGING_LAUNCHER = """
+import os, signal, subprocess, sys, time
+worker = subprocess.Popen([sys.executable, "-c", "import time; print('worker up', flush=True); time.sleep(3600)"])
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{os.getpgid(0)} {worker.pid}")
+print("launcher waiting", file=sys.stderr, flush=True)
+time.sleep(3600)
+"""
+
+
+def _gone(pid: int, kill=os.killpg) -> bool:
+    """No process ``pid`` (with ``kill=os.kill``) or no process in group ``pid`` (``os.killpg``) exists."""
+    try:
+        kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_a_hanging_run_is_killed_with_all_its_processes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    monkeypatch.setattr(distributed, "launch_command",
+                        lambda *args, **kwargs: [sys.executable, "-c", _HANGING_LAUNCHER, str(pids)])
+    timeout, grace, outcome = 3.0, 2.0, {}
+
+    def call() -> None:
+        try:
+            distributed.launch("ddp", tmp_path / "run", cfg=CFG, timeout=timeout, grace=grace)
+        except BaseException as err:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=call, daemon=True)  # the guard: a hanging launch fails the test
+    thread.start()
+    thread.join(timeout + grace + 30)
+    pgid, worker = (int(n) for n in pids.read_text().split()) if pids.exists() else (None, None)
+    try:
+        assert not thread.is_alive(), "launch() still blocked 30 s after its timeout"
+        assert worker is not None
+        # Killed processes are reaped by init a moment later: wait for that, generously.
+        deadline = time.monotonic() + 30
+        while not _gone(worker, os.kill) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _gone(worker, os.kill), f"the launcher's worker {worker} survived the timeout"
+        assert pgid != os.getpgid(0), "the launcher must run in a process group of its own"
+        while not _gone(pgid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _gone(pgid), f"processes of the launcher's group {pgid} survived the timeout"
+        assert isinstance(outcome.get("error"), LaunchTimeoutError), outcome
+        message = str(outcome["error"])
+        assert "did not finish within 3 s" in message and "larger timeout" in message
+        assert "launcher waiting" in message  # what it wrote to stderr is shown
+    finally:  # on failure, leave nothing running behind the test (and never signal the test's own group)
+        if worker is not None:
+            kills = [lambda: os.kill(worker, signal.SIGKILL)]
+            if pgid != os.getpgid(0):
+                kills.append(lambda: os.killpg(pgid, signal.SIGKILL))
+            for kill in kills:
+                try:
+                    kill()
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+
+_FAILS_ON_A_TAKEN_PORT = """
+import sys
+from pathlib import Path
+port, taken, out = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+if port == taken:
+    sys.exit("torch.distributed.DistNetworkError: The server socket has failed to listen on any local network "
+             f"address. port: {port}, useIpv6: false, code: -98, name: EADDRINUSE, message: address already in use")
+import json, struct
+out.mkdir(parents=True)  # a one-tensor safetensors file, written by hand (importing torch takes seconds)
+header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+(out / "weights.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + struct.pack("<f", 0.0))
+(out / "result.json").write_text(json.dumps({"port": port}))
+"""
+
+
+def test_a_port_taken_before_the_launch_is_replaced_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    taken, free = 40001, 40002
+    ports = iter([taken, free])
+    monkeypatch.setattr(distributed, "free_port", lambda: next(ports))
+    monkeypatch.setattr(distributed, "launch_command", lambda mode, out_dir, **kwargs: [
+        sys.executable, "-c", _FAILS_ON_A_TAKEN_PORT, str(distributed.free_port()), str(taken), str(out_dir)])
+    assert distributed.launch("ddp", tmp_path / "run", cfg=CFG, timeout=120).meta["port"] == free
+    # Taken twice: the second failure is reported, not retried again.
+    ports = iter([taken, taken, free])
+    with pytest.raises(LaunchError, match="EADDRINUSE"):
+        distributed.launch("ddp", tmp_path / "run2", cfg=CFG, timeout=120)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,8 @@ from pathlib import Path
 
 import nbformat
 import yaml
+
+from .errors import ConfigError
 
 #: The repository this (editable) package lives in.
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +64,34 @@ def executed_dir(scale: str) -> Path:
     return _repo() / "_build" / "executed" / scale
 
 
+def source_commit() -> str | None:
+    """The commit the book is built from (``git rev-parse HEAD``), or ``None`` outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "-C", str(_repo()), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    sha = head.stdout.strip()
+    return sha if head.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", sha) else None
+
+
+def pin_setup_cell(nb: nbformat.NotebookNode, commit: str, name: str = "the notebook") -> None:
+    """Make the Colab set-up cell (the first code cell) install ``transfer_utils`` from ``commit``.
+
+    The committed notebooks install ``git+<repository url>``, the default branch; the executed copies,
+    which the pages show and offer for download, install ``git+<repository url>@<commit>``: the code
+    the page was built with. (The Colab launch button opens the committed notebook on GitHub.)
+    """
+    url = yaml.safe_load((_repo() / "_config.yml").read_text())["repository"]["url"].rstrip("/")
+    setup = next((c for c in nb.cells if c.cell_type == "code"), None)
+    unpinned = f'git+{url}"'
+    if setup is None or setup.source.count(unpinned) != 1:
+        raise ConfigError(f"{name}: its first code cell must be the Colab set-up cell, which installs "
+                          f'"transfer-utils @ git+{url}" exactly once (copy it from another chapter), so that the '
+                          "build can pin it to the commit the book is built from.")
+    setup.source = setup.source.replace(unpinned, f'git+{url}@{commit}"')
+
+
 class ChaptersFailed(RuntimeError):
     """One or more chapters raised while executing; every failure is listed, not only the first."""
 
@@ -77,7 +108,9 @@ def execute(scale: str, names: list[str] | None = None, timeout: int | None = No
     Every chapter runs even when an earlier one fails; the failures are raised together at the
     end (:class:`ChaptersFailed`). There is no per-cell time limit by default (``timeout=None``):
     a slow or busy machine finishes slowly instead of failing; time budgets are the benchmark's
-    business (``transfer_utils.bench``). Timings are written to ``_build/executed/<scale>/timings.json``.
+    business (``transfer_utils.bench``). In the executed copies the Colab set-up cell installs the
+    package at :func:`source_commit` (:func:`pin_setup_cell`). Timings are written to
+    ``_build/executed/<scale>/timings.json``.
     """
     import papermill as pm
 
@@ -92,6 +125,9 @@ def execute(scale: str, names: list[str] | None = None, timeout: int | None = No
     timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     results = []
     failures: dict[str, str] = {}
+    commit = source_commit()
+    if commit is None:
+        print("[book] not a git checkout: the Colab set-up cells install the default branch", flush=True)
     for nb in notebooks():
         if names and nb.stem not in names and nb.name not in names:
             continue
@@ -101,6 +137,10 @@ def execute(scale: str, names: list[str] | None = None, timeout: int | None = No
         try:
             pm.execute_notebook(str(nb), str(out), parameters={"SCALE": scale}, kernel_name="python3",
                                 cwd=str(nb.parent), progress_bar=False, execution_timeout=timeout)
+            if commit is not None:  # afterwards: outside Colab the set-up cell does nothing anyway
+                executed = nbformat.read(out, as_version=4)
+                pin_setup_cell(executed, commit, nb.name)
+                nbformat.write(executed, out)
         except Exception as err:  # noqa: BLE001 - reported with the others below
             failures[nb.name] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
             print(f"[book] {nb.name} FAILED: {failures[nb.name]}", flush=True)

@@ -14,8 +14,13 @@ sampler gives the ranks of step ``k`` exactly the samples the single process see
 Command line::
 
     python -m transfer_utils.distributed --mode single --out runs/single
-    python -m torch.distributed.run --standalone --nproc_per_node 2 -m transfer_utils.distributed --mode ddp --out runs/ddp
-    accelerate launch --multi_gpu --num_processes 2 -m transfer_utils.distributed --mode accelerate --out runs/acc
+    python -m torch.distributed.run --nnodes 1 --nproc_per_node 2 --master_addr 127.0.0.1 --master_port 29500 \
+        -m transfer_utils.distributed --mode ddp --out runs/ddp
+    accelerate launch --multi_gpu --num_processes 2 --main_process_ip 127.0.0.1 --main_process_port 29500 \
+        -m transfer_utils.distributed --mode accelerate --out runs/acc
+
+The port is explicit: with ``--standalone`` or port 0, some versions (torch 2.5) hand the workers
+``MASTER_PORT=0`` and they wait forever. :func:`launch` picks a free one (:func:`free_port`).
 
 Example::
 
@@ -30,8 +35,12 @@ import argparse
 import importlib.util
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, fields
@@ -46,9 +55,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from .errors import ConfigError, TransferUtilsError
+from .errors import ConfigError, LaunchError, LaunchTimeoutError, TransferUtilsError
 
 MODES = ("single", "ddp", "accelerate")
+LOOPBACK = "127.0.0.1"  #: where the processes of a one-machine job meet (rendezvous)
 
 
 @dataclass(frozen=True)
@@ -316,9 +326,20 @@ def finetune_accelerate(out_dir: str | Path, cfg: RunConfig = RunConfig(), init:
 # ----------------------------------------------------------------------------------------------
 
 
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that is free on ``host`` right now: bind port 0, read the port the OS chose, close."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def launch_command(mode: str, out_dir: str | Path, *, nproc: int = 2, cfg: RunConfig = RunConfig(),
-                   init: str | Path | None = None) -> list[str]:
-    """The command line that runs ``mode`` with ``nproc`` processes, with this Python."""
+                   init: str | Path | None = None, port: int | None = None) -> list[str]:
+    """The command line that runs ``mode`` with ``nproc`` processes, with this Python.
+
+    The processes meet on the loopback address at ``port`` (default: a :func:`free_port`), never at
+    port 0: some launcher versions pass the 0 on to the workers, which then wait forever.
+    """
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
     script = ["-m", "transfer_utils.distributed", "--mode", mode, "--out", str(out_dir)]
@@ -327,33 +348,103 @@ def launch_command(mode: str, out_dir: str | Path, *, nproc: int = 2, cfg: RunCo
     script += ["--init", str(init)] if init is not None else []
     if mode == "single":
         return [sys.executable, *script]
-    if mode == "ddp":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *script]
+    port = free_port() if port is None else port
+    if not 0 < port < 65536:
+        raise ConfigError(f"port must be between 1 and 65535, got {port}: leave it out to use a free one")
+    if mode == "ddp":  # one machine, a static rendezvous at LOOPBACK:port
+        return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
+                "--master_addr", LOOPBACK, "--master_port", str(port), *script]
     # accelerate: --multi_gpu selects its torchrun-based launcher; on a CPU the script's Accelerator(cpu=True)
     # then runs gloo. (--cpu would start a single process unless MPI is set up.)
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_ip", "127.0.0.1", "--main_process_port", "0", *script]
+            "--main_process_ip", LOOPBACK, "--main_process_port", str(port), *script]
+
+
+# What torch's TCPStore (or an older accelerate's own check) says when another program took the port
+# between free_port() and the launch.
+_ADDRESS_IN_USE = re.compile(r"EADDRINUSE|already in use|another process is utilizing it", re.IGNORECASE)
+
+
+def _stop_group(proc: subprocess.Popen, grace: float) -> None:
+    """Stop ``proc`` and every process of its group (the launcher's workers, their children): SIGTERM,
+    then SIGKILL to whatever is left after ``grace`` seconds. Also reaps ``proc``."""
+    pgid = proc.pid  # started with start_new_session=True: the leader of its own group
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:  # finished, and left nothing behind
+        proc.wait()
+        return
+    deadline = time.monotonic() + grace
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _run_group(command: list[str], env: dict[str, str], timeout: float, grace: float) -> tuple[int | None, str]:
+    """Run ``command`` in a new session; return its exit code (``None``: timed out, stopped) and its stderr.
+
+    The output goes to files, not pipes: a worker that outlives the launcher cannot block us. However it
+    ends (finished, timed out, interrupted), no process of the group is left running.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                start_new_session=True)
+        returncode = None
+        try:
+            returncode = proc.wait(timeout=max(timeout, 0))
+        except subprocess.TimeoutExpired:
+            pass
+        finally:  # also on KeyboardInterrupt; after a normal end it removes orphaned workers, if any
+            _stop_group(proc, grace)
+        err.seek(0)
+        return returncode, err.read().decode(errors="replace")
 
 
 def launch(mode: str, out_dir: str | Path, *, nproc: int = 2, cfg: RunConfig = RunConfig(),
-           init: str | Path | None = None, timeout: float = 300) -> RunResult:
+           init: str | Path | None = None, timeout: float = 300, grace: float = 10) -> RunResult:
     """Run :func:`launch_command` in a subprocess (one thread per process) and load its result.
 
+    After ``timeout`` seconds the launcher and all its processes get SIGTERM, ``grace`` seconds later
+    SIGKILL, and :class:`~transfer_utils.errors.LaunchTimeoutError` says so; a failed run raises
+    :class:`~transfer_utils.errors.LaunchError`. If the port was taken between choosing and
+    starting (another program), the run is started once more on a new port.
     ``meta["wall_seconds"]`` is the launcher's wall time, start-up included.
     """
-    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR=LOOPBACK)
     package_root = str(Path(__file__).resolve().parents[1])  # the subprocesses import this very package
     if "-packages" not in package_root:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     start = time.perf_counter()
-    proc = subprocess.run(launch_command(mode, out_dir, nproc=nproc, cfg=cfg, init=init), env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    for attempt in (1, 2):
+        command = launch_command(mode, out_dir, nproc=nproc, cfg=cfg, init=init)
+        returncode, stderr = _run_group(command, env, timeout - (time.perf_counter() - start), grace)
+        if returncode is None:
+            tail = "\n".join(stderr.strip().splitlines()[-15:]) or "(nothing)"
+            raise LaunchTimeoutError(
+                f"the {mode} run did not finish within {timeout:g} s and was stopped (the launcher and all its "
+                f"processes were killed). On a busy machine pass a larger timeout to distributed.launch; if it "
+                f"hangs every time, the processes are waiting for each other (a rank that failed, a blocked port) "
+                f"— the last lines it wrote to stderr:\n{tail}")
+        if returncode == 0 or mode == "single" or attempt == 2 or not _ADDRESS_IN_USE.search(stderr):
+            break
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        said = list(dict.fromkeys(line for line in proc.stderr.splitlines() if ": error: " in line))
-        raise RuntimeError(f"the {mode} run failed (exit code {proc.returncode}):\n"
-                           + ("\n".join(said) if said else proc.stderr[-3000:]))
+    if returncode != 0:
+        said = list(dict.fromkeys(line for line in stderr.splitlines() if ": error: " in line))
+        raise LaunchError(f"the {mode} run failed (exit code {returncode}):\n"
+                          + ("\n".join(said) if said else stderr[-3000:]))
     run = load_run(out_dir)
     run.meta["wall_seconds"] = wall
     return run

@@ -32,3 +32,11 @@ class DataError(TransferUtilsError, ValueError):
 
 class ConfigError(TransferUtilsError, ValueError):
     """An argument combination that cannot work (e.g. head size != number of classes)."""
+
+
+class LaunchError(TransferUtilsError, RuntimeError):
+    """A launched multi-process run (``torchrun``, ``accelerate launch``) failed."""
+
+
+class LaunchTimeoutError(LaunchError, TimeoutError):
+    """A launched run did not finish in time; it was stopped, all its processes killed."""
