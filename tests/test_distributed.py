@@ -37,7 +37,7 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, pretrained: Path) -> dict[str, distributed.RunResult]:
     root = tmp_path_factory.mktemp("runs")
-    return {mode: distributed.launch(mode, root / mode, nproc=2, cfg=CFG, init=pretrained, timeout=180)
+    return {mode: distributed.launch(mode, root / mode, nproc=2, cfg=CFG, init=pretrained, timeout=1200)
             for mode in distributed.MODES}
 
 
@@ -93,7 +93,7 @@ def test_uneven_global_batch_is_refused_with_advice() -> None:
 def test_uneven_global_batch_fails_fast_under_torchrun(tmp_path: Path) -> None:
     """Every rank checks before joining the process group, so nobody waits for a peer that quit."""
     with pytest.raises(LaunchError, match=r"\(rank [01]\): error: the global batch 33 cannot be split evenly"):
-        distributed.launch("ddp", tmp_path, nproc=2, cfg=distributed.RunConfig(global_batch=33, device="cpu"), timeout=60)
+        distributed.launch("ddp", tmp_path, nproc=2, cfg=distributed.RunConfig(global_batch=33, device="cpu"), timeout=600)
     assert not (tmp_path / "weights.safetensors").exists()
 
 
