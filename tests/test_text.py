@@ -221,6 +221,11 @@ def test_save_is_atomic_and_loses_nothing(tok, shipped: Path, monkeypatch) -> No
     text.save_text_classifier(shipped, other, tok, label_names=("no", "yes"), max_length=16)
     assert text.load_text_classifier(shipped).label_names == ("no", "yes")
     assert sorted(p.name for p in shipped.parent.iterdir()) == [shipped.name]
+    (shipped / "README.md").write_text("my notes")   # an earlier save with a file of the user's in it
+    with pytest.raises(ConfigError, match=r"README.md"):
+        text.save_text_classifier(shipped, other, tok, label_names=("no", "yes"), max_length=16)
+    assert (shipped / "README.md").read_text() == "my notes"
+    assert sorted(p.name for p in shipped.parent.iterdir()) == [shipped.name]
     (shipped.parent / "notes").mkdir()
     (shipped.parent / "notes" / "todo.txt").write_text("keep me")
     with pytest.raises(ConfigError, match="not an earlier save_text_classifier"):

@@ -253,8 +253,8 @@ def save_text_classifier(directory: str | Path, model: nn.Module, tokenizer: Any
 
     Atomic: everything is written to a temporary folder next to ``directory``, which then takes
     its place, so a failed or interrupted save leaves a previous save there intact (and no
-    half-written folder). ``directory`` must be new, empty, or an earlier save (it is replaced
-    as a whole); a folder holding other files is refused rather than overwritten.
+    half-written folder). ``directory`` must be new, empty, or an earlier save (which is
+    replaced); a folder holding any other file is refused rather than overwritten.
     Reload with :func:`load_text_classifier`, in any process, without this notebook.
     """
     if truncation not in TRUNCATION_STRATEGIES:
@@ -279,6 +279,10 @@ def save_text_classifier(directory: str | Path, model: nn.Module, tokenizer: Any
                 "base_model": base_model, "format": 1}
         (staging / META_FILE).write_text(json.dumps(meta, indent=2))
         if directory.exists():
+            extra = sorted({f.name for f in directory.iterdir()} - {f.name for f in staging.iterdir()})
+            if extra:
+                raise ConfigError(f"{directory} also holds {extra[:5]}, which this save would not rewrite: "
+                                  "move them elsewhere or save into a new folder, so that nothing is lost")
             retired = staging.with_suffix(".old")
             directory.rename(retired)
             staging.rename(directory)
