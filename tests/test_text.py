@@ -176,7 +176,8 @@ def test_text_dataset_checks_texts_and_labels_where_they_enter(tok) -> None:
         with pytest.raises(DataError, match=message):
             text.TextClassificationDataset(["a", "b", "c"], labels, num_labels=2)
     for texts, message in ((["a", None, "c"], "text #1 is missing"), (["a", 3, "c"], "text #1 must be str"),
-                           (["a", " ", "c"], r"position\(s\) \[1\]"), (["a", b"\xe9t\xe9", "c"], "text #1 is not valid UTF-8")):
+                           (["a", " ", "c"], r"position\(s\) \[1\]"),
+                           (["a", b"\xe9t\xe9", "c"], "text #1 is not valid UTF-8")):
         with pytest.raises(DataError, match=message):
             text.TextClassificationDataset(texts, [0, 1, 0])
     with pytest.raises(DataError, match=r"batch labels\[1\] is 0.7"):   # was silently class 0

@@ -317,7 +317,8 @@ def _bad_label(value: Any, index: int, where: str, num_classes: int | None) -> D
     elif isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
         fix = "labels are 0-based class indices and cannot be negative."
     elif isinstance(value, (bool, np.bool_)):
-        fix = "booleans are refused as labels (a mask passed by mistake looks the same): convert with int(), e.g. y.astype(int)."
+        fix = ("booleans are refused as labels (a mask passed by mistake looks the same): "
+               "convert with int(), e.g. y.astype(int).")
     elif isinstance(value, (list, tuple, np.ndarray, torch.Tensor)):
         fix = "expected one class index per example, not a sequence (one-hot labels: take argmax first)."
     elif isinstance(value, (str, bytes)):
