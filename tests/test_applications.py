@@ -172,3 +172,25 @@ def test_adabn_that_fails_leaves_the_statistics_as_they_were() -> None:
     for k, v in before.items():
         assert torch.equal(net[1].state_dict()[k], v), f"{k} was lost"
     assert net[1].momentum == 0.1 and not net.training
+
+
+def test_distillation_and_prototypes_check_their_labels() -> None:
+    # Were: IndexError from F.cross_entropy, a dtype RuntimeError, or 0.7 silently read as class 0.
+    from transfer_utils.errors import DataError
+
+    s, t = torch.randn(3, 2), torch.randn(3, 2)
+    with pytest.raises(DataError, match=r"labels\[2\] is 2.*\[0, 2\)"):
+        distill.distillation_loss(s, t, torch.tensor([0, 1, 2]), alpha=0.5)
+    with pytest.raises(DataError, match=r"labels\[2\] is 0.7"):
+        distill.distillation_loss(s, t, torch.tensor([0.0, 1.0, 0.7]), alpha=0.5)
+    assert torch.allclose(distill.distillation_loss(s, t, torch.tensor([0.0, 1.0, 1.0]), alpha=0.5),
+                          distill.distillation_loss(s, t, torch.tensor([0, 1, 1]), alpha=0.5))
+    emb = torch.randn(4, 5)
+    with pytest.raises(DataError, match=r"labels\[2\] is 0.7"):
+        fewshot.class_prototypes(emb, [0, 1, 0.7, 1], num_classes=2)
+    with pytest.raises(DataError, match=r"labels\[2\] is 2"):
+        fewshot.class_prototypes(emb, torch.tensor([0, 1, 2, 1]), num_classes=2)
+    with pytest.raises(DataError, match=r"labels\[2\] is None"):
+        fewshot.sample_support([0, 1, None, 1], shots=1, episodes=1)
+    with pytest.raises(DataError, match=r"source_y\[0\] is 0.5"):
+        adaptation.train_dann(adaptation.DANN(5, 2), emb, torch.tensor([0.5, 1.0, 0.0, 1.0]), emb, epochs=1)

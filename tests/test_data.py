@@ -162,3 +162,46 @@ def test_tensor_image_dataset_transforms_subsets_and_errors(tmp_path: Path) -> N
         data.TensorImageDataset(torch.zeros(2, 3, 8, 8), [0, 1], ["a", "b"])
     with pytest.raises(DataError, match="2 images but 3 labels"):
         data.TensorImageDataset(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), [0, 1, 1], ["a", "b"])
+
+
+def test_labels_are_class_indices_or_a_clear_error_naming_the_first_bad_one() -> None:
+    # accepted: ints, numpy and torch integer types, whole-number floats (as pandas reads a CSV column)
+    for good in ([0, 1, 1], (0, 1, 1), np.array([0, 1, 1], dtype=np.int32), np.array([0, 1, 1], dtype=np.uint8),
+                 torch.tensor([0, 1, 1]), [np.int64(0), torch.tensor(1), 1], [0.0, 1.0, 1.0], np.array([0.0, 1.0, 1.0])):
+        y = data.as_labels(good, 2)
+        assert y.dtype == torch.int64 and y.tolist() == [0, 1, 1]
+    assert data.as_labels([], 2).tolist() == []
+    # refused, naming the value and its index: 0.7 used to become class 0 without a word
+    for bad, index, hint in (([0, 1, 0.7], 2, "fractional"), (np.array([0.0, 0.5]), 1, "fractional"),
+                             ([0, None, 1], 1, "missing"), ([0, float("nan")], 1, "missing"),
+                             (["neg", "pos"], 0, "not names"), ([0, True], 1, "booleans"),
+                             (np.array([True, False]), 0, "booleans"), ([0, 1, 2], 2, r"\[0, 2\)"),
+                             ([0, -1], 1, r"\[0, 2\)"), ([[0], [1]], 0, "one class index per example")):
+        with pytest.raises(DataError, match=rf"labels\[{index}\] is .*{hint}"):
+            data.as_labels(bad, 2)
+    with pytest.raises(DataError, match="single str"):
+        data.as_labels("0110", 2)
+    with pytest.raises(DataError, match=r"1-D"):
+        data.as_labels(np.zeros((2, 2), dtype=int), 2)
+    # every label entry point of this module goes through it
+    images = torch.zeros(3, 3, 8, 8, dtype=torch.uint8)
+    for bad in ([0, 1, 0.7], [0, 1, 2], [0, 1, -1], [0, 1, None], [0, 1, "1"], [0, 1, True]):
+        with pytest.raises(DataError, match=r"targets\[2\]"):
+            data.TensorImageDataset(images, bad, ["a", "b"])
+    assert data.TensorImageDataset(images, np.array([0.0, 1.0, 1.0]), ["a", "b"]).targets == [0, 1, 1]
+    with pytest.raises(DataError, match=r"targets\[2\] is None"):
+        data.per_class_indices([0, 1, None], 1)
+    with pytest.raises(DataError, match=r"targets\[1\] is 0.5"):
+        data.stratified_split([0, 0.5, 1, 1], 0.5)
+    with pytest.raises(DataError, match=r"batch labels\[1\] is 0.7"):
+        data.check_labels(torch.tensor([0.0, 0.7]), 2)
+    assert data.check_labels(torch.tensor([0.0, 1.0]), 2).dtype == torch.int64   # whole floats become indices
+    soft = torch.tensor([[0.3, 0.7], [1.0, 0.0]])                                  # class probabilities pass
+    assert data.check_labels(soft, 2) is soft
+
+
+def test_missing_and_non_text_values_are_named() -> None:
+    with pytest.raises(DataError, match="review #2 is missing"):
+        data.ensure_text(None, where="review #2")  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="review #2 is missing"):
+        data.ensure_text(float("nan"), where="review #2")  # type: ignore[arg-type]

@@ -90,3 +90,43 @@ def test_text_feature_cache(minilm, tmp_path: Path) -> None:
     c = features.extract_text_features(tok, enc, ["good", "bad"], [1, 0], cache_dir=tmp_path, tag="x", pooling="cls")
     assert not a.from_cache and b.from_cache and not c.from_cache
     assert torch.equal(a.x, b.x) and not torch.allclose(a.x, c.x)
+
+
+def test_text_features_need_one_label_per_text(minilm, tmp_path: Path) -> None:
+    tok, enc = minilm
+    for labels in ([1, 0, 1], [1]):
+        with pytest.raises(DataError, match=rf"2 texts but {len(labels)} labels"):
+            features.extract_text_features(tok, enc, ["good", "bad"], labels, cache_dir=tmp_path)
+    # the old key zipped texts with labels: [1, 0, 1] then [1, 0] shared an entry and the second call
+    # got the first call's three labels back. Each call now gets exactly the labels it passed.
+    for labels in ([1, 0], [0, 1], [1.0, 1.0]):
+        got = features.extract_text_features(tok, enc, ["good", "bad"], labels, cache_dir=tmp_path)
+        assert got.y.tolist() == [int(v) for v in labels] and got.y.dtype == torch.int64 and len(got.x) == 2
+    with pytest.raises(DataError, match=r"labels\[1\] is 0.7"):
+        features.extract_text_features(tok, enc, ["good", "bad"], [1, 0.7])
+    with pytest.raises(DataError, match=r"labels\[0\] is 'pos'.*not names"):
+        features.extract_text_features(tok, enc, ["good", "bad"], ["pos", "neg"])
+    with pytest.raises(DataError, match="text #0 is missing"):
+        features.extract_text_features(tok, enc, [None, "bad"], [1, 0])
+    with pytest.raises(DataError, match="wrap a single text"):
+        features.extract_text_features(tok, enc, "good", [1, 0, 1, 1])   # would embed 4 characters
+
+
+def test_text_feature_cache_key_covers_the_tokenizer(minilm, tmp_path: Path) -> None:
+    # Same class, same vocabulary size, different ids: the old key (class name + vocabulary size)
+    # served the lower-casing tokenizer's features to the case-keeping one.
+    import copy
+
+    from tokenizers import normalizers
+
+    tok, enc = minilm
+    cased = copy.deepcopy(tok)
+    cased.backend_tokenizer.normalizer = normalizers.BertNormalizer(lowercase=False)
+    assert tok("GREAT")["input_ids"] != cased("GREAT")["input_ids"] and len(tok) == len(cased)
+    a = features.extract_text_features(tok, enc, ["GREAT film"], [1], cache_dir=tmp_path)
+    b = features.extract_text_features(cased, enc, ["GREAT film"], [1], cache_dir=tmp_path)
+    assert not b.from_cache and not torch.allclose(a.x, b.x)
+    assert torch.equal(b.x, features.extract_text_features(cased, enc, ["GREAT film"], [1]).x)
+    # a tokenizer call with truncation/padding does not change the key (no needless recomputation)
+    tok(["a b c"], truncation=True, max_length=4, padding="max_length")
+    assert features.extract_text_features(tok, enc, ["GREAT film"], [1], cache_dir=tmp_path).from_cache

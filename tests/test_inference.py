@@ -116,3 +116,49 @@ def test_grad_cam_points_at_the_evidence() -> None:
     row, col = divmod(int(cam.argmax()), 32)
     assert 2 <= row < 10 and 20 <= col < 28
     assert float(cam[25, 5]) < 0.05
+
+
+def test_a_chapter3_model_ships_and_reloads_with_identical_predictions(tmp_path: Path) -> None:
+    # Chapter 3's cheapest good model: a frozen trunk's standardised features + a linear head, trained
+    # with scikit-learn or torch. save_classifier used to refuse it ("no linear head named 'fc'").
+    from sklearn.linear_model import LogisticRegression
+
+    from transfer_utils.data import load_image
+
+    torch.manual_seed(0)
+    bb = models.create_backbone("resnet18", pretrained=False)
+    trunk = models.feature_extractor(bb.model).eval()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(9):
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(rng.integers(0, 255, (40 + 7 * i, 48, 3), dtype=np.uint8)).save(paths[-1])
+    x = torch.stack([bb.preprocessing.eval_transform()(load_image(p)) for p in paths])
+    with torch.no_grad():
+        z = trunk(x)
+    mu, sigma = z.mean(0), z.std(0) + 1e-6
+    y = np.arange(9) % 3
+    logreg = LogisticRegression(C=10.0, max_iter=2000).fit(((z - mu) / sigma).numpy(), y)
+    want = logreg.predict_proba(((z - mu) / sigma).numpy())
+    names = ["ant", "bee", "wasp"]
+    inference.save_classifier(tmp_path / "logreg", models.attach_head(bb.model, logreg, mu, sigma),
+                              architecture="resnet18", class_names=names, preprocessing=bb.preprocessing)
+    got = inference.predict(inference.load_classifier(tmp_path / "logreg"), paths)
+    assert np.allclose([[p.probabilities[c] for c in names] for p in got], want, atol=1e-5)
+    assert [p.label for p in got] == [names[k] for k in want.argmax(1)]
+    # a torch head inside FrozenBackboneClassifier is saved as it is
+    head = nn.Linear(z.shape[1], 3)
+    clf = models.FrozenBackboneClassifier(trunk, head, mu, sigma).eval()
+    with torch.no_grad():
+        in_memory = clf(x).softmax(-1)
+    inference.save_classifier(tmp_path / "torch", clf, architecture="resnet18", class_names=names,
+                              preprocessing=bb.preprocessing)
+    got = inference.predict(inference.load_classifier(tmp_path / "torch"), paths)
+    assert torch.allclose(torch.tensor([[p.probabilities[c] for c in names] for p in got]), in_memory, atol=1e-5)
+    # what cannot be shipped faithfully is refused before anything is written
+    with pytest.raises(ConfigError, match="do not fit architecture 'resnet50'"):
+        inference.save_classifier(tmp_path / "wrong", clf, architecture="resnet50", class_names=names,
+                                  preprocessing=bb.preprocessing)
+    assert not (tmp_path / "wrong").exists()
+    with pytest.raises(ConfigError, match=r"classes \[0, 2\]"):
+        models.attach_head(bb.model, LogisticRegression().fit(z.numpy(), y * (y != 1)), mu, sigma)

@@ -140,3 +140,29 @@ def test_text_classifier_from_the_mirror() -> None:
     batch = tok(["great", "awful"], padding=True, return_tensors="pt")
     assert clf(**batch).logits.shape == (2, 2)
     assert list(models.stages(clf))[:2] == ["embeddings", "encoder.0"] and len(models.stages(clf)) == 8
+
+
+def test_attach_head_folds_a_binary_logistic_regression_and_the_standardisation() -> None:
+    # The timm backbone (head named `classifier`) with a binary scikit-learn head: coef_ is [1, D].
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    torch.manual_seed(0)
+    lite = models.create_backbone("tf_efficientnet_lite0", pretrained=False).model.eval()
+    trunk = models.feature_extractor(lite).eval()
+    x = torch.randn(6, 3, 64, 64)
+    with torch.no_grad():
+        z = trunk(x)
+    mu, sigma = z.mean(0), z.std(0) + 1e-6
+    logreg = LogisticRegression(max_iter=2000).fit(((z - mu) / sigma).numpy(), [0, 1, 0, 1, 1, 0])
+    for base in (lite, trunk):   # the full network or its trunk
+        shipped = models.attach_head(base, logreg, mu, sigma)
+        with torch.no_grad():
+            probs = shipped(x).softmax(-1).numpy()
+        assert np.allclose(probs, logreg.predict_proba(((z - mu) / sigma).numpy()), atol=1e-5)
+        assert isinstance(shipped.classifier, nn.Linear) and shipped.classifier.out_features == 2
+    assert isinstance(trunk.classifier, nn.Identity)   # the originals are left as they were
+    with pytest.raises(ConfigError, match="nn.Linear or a fitted scikit-learn"):
+        models.attach_head(lite, "not a head")
+    with pytest.raises(ConfigError, match="takes 10 features"):
+        models.attach_head(lite, nn.Linear(10, 2))

@@ -45,3 +45,18 @@ def test_embedding_view_has_one_series_per_class() -> None:
     x = torch.cat([torch.randn(20, 5), torch.randn(20, 5) + 5])
     fig = plots.plot_embedding_2d(x, [0] * 20 + [1] * 20, ["ants", "bees"], method="pca")
     assert [c.get_label() for c in fig.axes[0].collections] == ["ants", "bees"]
+
+
+def test_embedding_view_refuses_labels_it_would_silently_drop() -> None:
+    # A fractional or out-of-range label matched no class and its point vanished from the plot.
+    import pytest
+
+    from transfer_utils.errors import DataError
+
+    x = torch.randn(4, 5)
+    with pytest.raises(DataError, match=r"labels\[3\] is 0.5"):
+        plots.plot_embedding_2d(x, [0, 1, 1, 0.5], ["ants", "bees"])
+    with pytest.raises(DataError, match=r"labels\[1\] is 2"):
+        plots.plot_embedding_2d(x, [0, 2, 1, 0], ["ants", "bees"])
+    with pytest.raises(DataError, match="4 feature vectors but 3 labels"):
+        plots.plot_embedding_2d(x, [0, 1, 1], ["ants", "bees"])

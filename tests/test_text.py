@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -169,3 +170,69 @@ def test_load_refuses_what_it_should_not_unpickle(shipped: Path, tmp_path: Path)
 def test_save_checks_label_names(tok, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="3 label names for a model with 2 outputs"):
         text.save_text_classifier(tmp_path, _tiny_bert(tok), tok, label_names=("a", "b", "c"), max_length=8)
+
+
+def test_text_dataset_checks_texts_and_labels_where_they_enter(tok) -> None:
+    ds = text.TextClassificationDataset(["good", "café".encode(), "bad"], [1, 1.0, np.int64(0)], num_labels=2)
+    assert ds.texts == ["good", "café", "bad"] and ds.labels == [1, 1, 0]   # bytes decoded, whole floats kept
+    for labels, message in (([1, 0.7, 0], r"labels\[1\] is 0.7"), ([1, "1", 0], r"labels\[1\] is '1'"),
+                            ([1, None, 0], r"labels\[1\] is None"), ([1, 2, 0], r"labels\[1\] is 2.*\[0, 2\)")):
+        with pytest.raises(DataError, match=message):
+            text.TextClassificationDataset(["a", "b", "c"], labels, num_labels=2)
+    for texts, message in ((["a", None, "c"], "text #1 is missing"), (["a", 3, "c"], "text #1 must be str"),
+                           (["a", " ", "c"], r"position\(s\) \[1\]"),
+                           (["a", b"\xe9t\xe9", "c"], "text #1 is not valid UTF-8")):
+        with pytest.raises(DataError, match=message):
+            text.TextClassificationDataset(texts, [0, 1, 0])
+    with pytest.raises(DataError, match=r"batch labels\[1\] is 0.7"):   # was silently class 0
+        text.TextCollator(tok)([("a", 0), ("b", 0.7)])
+
+
+def test_trainer_with_a_label_the_model_has_no_output_for_stops_with_a_clear_error(tok, tmp_path: Path) -> None:
+    # Chapter 6's Trainer path: a label >= num_labels used to surface as an IndexError from
+    # torch.nn.functional (a device-side assert on a GPU), after the run had started.
+    from transformers import Trainer, TrainingArguments
+
+    texts, labels = ["good", "bad", "fine", "awful"], [1, 0, 2, 0]
+    with pytest.raises(DataError, match=r"labels\[2\] is 2.*\[0, 2\)"):
+        text.TextClassificationDataset(texts, labels, num_labels=2)
+    model = _tiny_bert(tok)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, use_cpu=True,
+                             save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=text.TextClassificationDataset(texts, labels),
+                      data_collator=text.TextCollator(tok, max_length=8, as_dict=True,
+                                                      num_labels=model.config.num_labels))
+    with pytest.raises(DataError, match=r"batch labels\[\d\] is 2.*\[0, 2\)"):
+        trainer.train()
+
+
+def test_save_is_atomic_and_loses_nothing(tok, shipped: Path, monkeypatch) -> None:
+    before = text.predict_texts(text.load_text_classifier(shipped), ["fine", "dull"])
+    other = _tiny_bert(tok, seed=7)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(tok), "save_pretrained", broken)
+    with pytest.raises(OSError, match="disk full"):   # fails after the weights were written
+        text.save_text_classifier(shipped, other, tok, label_names=("negative", "positive"), max_length=16)
+    with pytest.raises(OSError, match="disk full"):
+        text.save_text_classifier(shipped.parent / "new", other, tok, label_names=("no", "yes"), max_length=16)
+    monkeypatch.undo()
+    after = text.predict_texts(text.load_text_classifier(shipped), ["fine", "dull"])
+    assert [p.probabilities for p in after] == [p.probabilities for p in before]   # the earlier save is intact
+    assert sorted(p.name for p in shipped.parent.iterdir()) == [shipped.name]       # no half-written folder left
+    # a successful save replaces an earlier one as a whole; a folder of other files is refused
+    text.save_text_classifier(shipped, other, tok, label_names=("no", "yes"), max_length=16)
+    assert text.load_text_classifier(shipped).label_names == ("no", "yes")
+    assert sorted(p.name for p in shipped.parent.iterdir()) == [shipped.name]
+    (shipped / "README.md").write_text("my notes")   # an earlier save with a file of the user's in it
+    with pytest.raises(ConfigError, match=r"README.md"):
+        text.save_text_classifier(shipped, other, tok, label_names=("no", "yes"), max_length=16)
+    assert (shipped / "README.md").read_text() == "my notes"
+    assert sorted(p.name for p in shipped.parent.iterdir()) == [shipped.name]
+    (shipped.parent / "notes").mkdir()
+    (shipped.parent / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not an earlier save_text_classifier"):
+        text.save_text_classifier(shipped.parent / "notes", other, tok, label_names=("no", "yes"), max_length=16)
+    assert (shipped.parent / "notes" / "todo.txt").read_text() == "keep me"

@@ -165,3 +165,22 @@ def test_frozen_batchnorm_keeps_its_statistics() -> None:
     assert torch.equal(model[1].running_mean, stats)
     train.fit(model, loader, epochs=1, optimizer=torch.optim.SGD(model[3].parameters(), lr=0.1), progress=False)
     assert not torch.equal(model[1].running_mean, stats), "without the switch, train mode updates BN statistics"
+
+
+def test_fractional_labels_are_refused_and_whole_float_labels_train() -> None:
+    # A float label tensor gave a raw "expected target dtype Long" RuntimeError; 0.7 must never
+    # quietly become class 0, and 1.0 is class 1 (the package accepts whole-number floats everywhere).
+    model, opt, _, _ = _setup()
+    x = torch.randn(4, 8)
+    with pytest.raises(DataError, match=r"batch labels\[2\] is 0.7"):
+        train.fit(model, DataLoader(TensorDataset(x, torch.tensor([0.0, 1.0, 0.7, 1.0])), batch_size=4), epochs=1,
+                  optimizer=opt, progress=False)
+    history = train.fit(model, DataLoader(TensorDataset(x, torch.tensor([0.0, 1.0, 1.0, 0.0])), batch_size=4),
+                        epochs=1, optimizer=opt, progress=False)
+    assert len(history.epochs) == 1
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [3.0, 0.0]])
+    assert evaluate.summarize(logits, torch.tensor([0.0, 1.0, 1.0])).accuracy == pytest.approx(2 / 3)
+    with pytest.raises(DataError, match="3 rows of scores but 2 labels"):
+        evaluate.summarize(logits, torch.tensor([0, 1]))
+    with pytest.raises(DataError, match=r"labels\[1\] is 0.5"):
+        evaluate.summarize(logits, torch.tensor([0.0, 0.5, 1.0]))

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import as_labels
 from .errors import ConfigError
 
 
@@ -83,6 +84,7 @@ def train_dann(model: DANN, source_x: torch.Tensor, source_y: torch.Tensor, targ
     weight follows :func:`ganin_lambda`. ``adversarial=False`` trains the same network on the
     source alone: the fair "source-only" baseline. Returns one record per epoch.
     """
+    source_y = as_labels(source_y, model.classifier.out_features, where="source_y").to(source_x.device)
     if len(source_x) != len(source_y):
         raise ConfigError(f"{len(source_x)} source features but {len(source_y)} labels")
     if adversarial and len(target_x) == 0:

@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,8 +219,8 @@ class TensorImageDataset(Dataset[tuple[Any, int]]):
         if len(targets) != images.shape[0]:
             raise DataError(f"{images.shape[0]} images but {len(targets)} labels")
         self.images = images
-        self._targets = torch.as_tensor(list(targets), dtype=torch.long)
         self.classes = list(classes)
+        self._targets = as_labels(targets, len(self.classes), where="targets")
         self.transform = transform
 
     @property
@@ -277,7 +278,7 @@ def per_class_indices(targets: Sequence[int], n_per_class: int | None, seed: int
 
     ``None`` keeps everything. The result is sorted, so loaders see a stable order.
     """
-    targets_arr = np.asarray(targets)
+    targets_arr = as_labels(targets, where="targets").numpy()
     if n_per_class is None:
         return list(range(len(targets_arr)))
     if n_per_class < 1:
@@ -294,7 +295,7 @@ def stratified_split(targets: Sequence[int], val_fraction: float, seed: int = 0)
     """Split indices into train and validation, keeping class proportions; same seed, same split."""
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    targets_arr = np.asarray(targets)
+    targets_arr = as_labels(targets, where="targets").numpy()
     rng = np.random.default_rng(seed)
     train: list[int] = []
     val: list[int] = []
@@ -306,14 +307,112 @@ def stratified_split(targets: Sequence[int], val_fraction: float, seed: int = 0)
     return sorted(train), sorted(val)
 
 
-def check_labels(labels: torch.Tensor, num_classes: int) -> None:
-    """Raise :class:`DataError` if any label is outside ``[0, num_classes)``."""
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise DataError(
-            f"labels must lie in [0, {num_classes}) but range over [{int(labels.min())}, {int(labels.max())}]. "
-            "Either the head is too small for the data (rebuild it with num_classes = number of "
-            "classes) or the labels are not 0-based integers."
-        )
+def _bad_label(value: Any, index: int, where: str, num_classes: int | None) -> DataError:
+    """The error for the first unusable label: what it is, where it is, and what to do."""
+    shown = f"{float(value):.7g}" if isinstance(value, (float, np.floating)) else f"{value!r:.40}"
+    shown += f" ({type(value).__name__})"
+    if num_classes is not None and isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        fix = (f"labels must lie in [0, {num_classes}). Either the head is too small for the data (rebuild it "
+               "with num_classes = number of classes) or the labels are not 0-based class indices.")
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        fix = "labels are 0-based class indices and cannot be negative."
+    elif isinstance(value, (bool, np.bool_)):
+        fix = ("booleans are refused as labels (a mask passed by mistake looks the same): "
+               "convert with int(), e.g. y.astype(int).")
+    elif isinstance(value, (list, tuple, np.ndarray, torch.Tensor)):
+        fix = "expected one class index per example, not a sequence (one-hot labels: take argmax first)."
+    elif isinstance(value, (str, bytes)):
+        fix = ("labels are class indices, not names: map names to indices first, "
+               "e.g. [class_names.index(name) for name in names].")
+    elif value is None or (isinstance(value, (float, np.floating)) and not math.isfinite(value)):
+        fix = "the label is missing: drop the example or fill in its class."
+    else:
+        fix = ("labels are class indices (integers; whole-number floats like 1.0 are accepted); a fractional "
+               "value would be truncated to a different class, so it is refused. Round or map your labels first.")
+    return DataError(f"{where}[{index}] is {shown}: {fix}")
+
+
+def _label_value(value: Any) -> int | None:
+    """``value`` as an ``int`` class index if it is one (ints, numpy/torch integers, whole floats)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.ndim <= 1:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    return None
+
+
+def as_labels(labels: Any, num_classes: int | None = None, *, where: str = "labels") -> torch.Tensor:
+    """Check class labels where they enter and return them as a 1-D ``int64`` tensor.
+
+    Accepted: Python ints, numpy and torch integer types, and whole-number floats (``1.0``, as a
+    CSV column with missing values reads them); with ``num_classes`` every label must also lie in
+    ``[0, num_classes)``, else in ``[0, ∞)``. Refused with a :class:`DataError` that names the first
+    bad value and its index: fractional floats (``0.7`` would otherwise be truncated to class 0),
+    NaN, ``None``, strings (class names, not indices) and booleans (convert them with ``int``).
+
+    Example::
+
+        y = as_labels(df["label"].to_numpy(), num_classes=2)   # tensor([0, 1, ...])
+    """
+    if isinstance(labels, (str, bytes)):
+        raise DataError(f"{where} must be a sequence of class indices, got a single {type(labels).__name__} "
+                        f"{labels[:40]!r}")
+    if isinstance(labels, torch.Tensor):
+        if labels.dtype == torch.bool:
+            labels = labels.detach().cpu().numpy()
+        else:
+            labels = labels.detach().cpu()
+            labels = (labels.float() if labels.is_floating_point() else labels.long()).numpy()
+    if isinstance(labels, np.ndarray) and labels.dtype.kind in "iuf":
+        if labels.ndim != 1:
+            raise DataError(f"{where} must be one class index per example (1-D), got shape {labels.shape}")
+        arr = labels
+        if arr.dtype.kind == "f":
+            whole = np.isfinite(arr) & (arr == np.round(arr))
+            if not whole.all():
+                i = int(np.flatnonzero(~whole)[0])
+                raise _bad_label(float(arr[i]), i, where, num_classes)
+        arr = arr.astype(np.int64)
+    else:
+        try:
+            values = list(labels)
+        except TypeError:
+            raise DataError(f"{where} must be a sequence of class indices, got {type(labels).__name__}") from None
+        arr = np.empty(len(values), dtype=np.int64)
+        for i, value in enumerate(values):
+            k = _label_value(value)
+            if k is None:
+                raise _bad_label(value, i, where, num_classes)
+            arr[i] = k
+    out_of_range = (arr < 0) if num_classes is None else ((arr < 0) | (arr >= num_classes))
+    if out_of_range.any():
+        i = int(np.flatnonzero(out_of_range)[0])
+        raise _bad_label(int(arr[i]), i, where, num_classes)
+    return torch.from_numpy(arr)
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, *, where: str = "batch labels") -> torch.Tensor:
+    """Raise :class:`DataError` unless ``labels`` are class indices in ``[0, num_classes)`` (see
+    :func:`as_labels`); returns them as an ``int64`` tensor on the same device.
+
+    ``[N, num_classes]`` floating-point tensors are class *probabilities* (soft targets, which
+    ``F.cross_entropy`` accepts) and are returned unchanged.
+    """
+    if (isinstance(labels, torch.Tensor) and labels.is_floating_point() and labels.ndim == 2
+            and labels.shape[-1] == num_classes):
+        return labels
+    if isinstance(labels, torch.Tensor) and labels.dtype == torch.long and labels.ndim == 1:
+        # the common case, checked without copying the batch to the CPU first
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            as_labels(labels, num_classes, where=where)  # raises, naming the first bad label
+        return labels
+    device = labels.device if isinstance(labels, torch.Tensor) else None
+    out = as_labels(labels, num_classes, where=where)
+    return out.to(device) if device is not None else out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,7 +433,10 @@ def ensure_text(value: str | bytes, *, where: str = "input") -> str:
                 "Decode it with its real encoding first, e.g. raw.decode('latin-1'), "
                 "or pass errors='replace' when you read the file."
             ) from None
-    raise DataError(f"{where} must be str or bytes, got {type(value).__name__}")
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        raise DataError(f"{where} is missing ({value!r}): drop the example, or fill it in, before passing it on")
+    raise DataError(f"{where} must be str or bytes, got {type(value).__name__} {value!r:.40}: "
+                    "convert it with str() if it really is text")
 
 
 @dataclass

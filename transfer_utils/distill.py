@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
+from .data import check_labels
+from .errors import ConfigError, DataError
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None,
@@ -30,6 +31,10 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     if student_logits.shape != teacher_logits.shape:
         raise ConfigError(f"student scores {tuple(student_logits.shape)} and teacher scores "
                           f"{tuple(teacher_logits.shape)} differ: both must score the same classes")
+    if labels is not None and alpha != 1.0:
+        labels = check_labels(labels, student_logits.shape[-1], where="labels")
+        if len(labels) != len(student_logits):
+            raise DataError(f"{len(student_logits)} examples scored but {len(labels)} labels")
     t = temperature
     soft = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits.detach() / t, dim=-1),
                     log_target=True, reduction="batchmean") * t * t

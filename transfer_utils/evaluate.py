@@ -17,7 +17,8 @@ from sklearn.metrics import classification_report, confusion_matrix
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .data import check_labels
+from .data import as_labels
+from .errors import DataError
 from .train import forward_logits, to_device
 
 
@@ -48,7 +49,9 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device | 
 def summarize(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str] | None = None) -> EvalResult:
     """Turn logits and labels into an :class:`EvalResult`."""
     num_classes = logits.shape[-1]
-    check_labels(labels, num_classes)
+    labels = as_labels(labels, num_classes)
+    if len(labels) != len(logits):
+        raise DataError(f"{len(logits)} rows of scores but {len(labels)} labels: score the examples you label")
     loss = float(nn.functional.cross_entropy(logits, labels))
     probs = logits.softmax(-1).numpy()
     y_true, y_pred = labels.numpy(), probs.argmax(-1)

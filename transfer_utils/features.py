@@ -26,7 +26,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import ImageFolderDataset, TensorImageDataset, ensure_text
+from .data import ImageFolderDataset, TensorImageDataset, as_labels, ensure_text
+from .errors import ConfigError, DataError
 
 
 @dataclass
@@ -145,15 +146,33 @@ def embed_texts(
     from .text import pooled_embeddings
 
     if pooling not in ("mean", "cls"):
-        raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        raise ConfigError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
     return pooled_embeddings(tokenizer, encoder, texts, max_length=max_length, batch_size=batch_size,
                              device=device)[pooling]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:  # type: ignore[no-untyped-def]
+    """sha256 over everything that decides a tokenizer's ids: its full definition (vocabulary,
+    normaliser such as lower-casing, pre-tokeniser) and its special tokens. Two tokenizers of the
+    same class and vocabulary size (BERT cased vs uncased) get different fingerprints."""
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # truncation/padding are per-call settings the tokenizer keeps from its last call: left out
+        definition = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        h.update(json.dumps(definition, sort_keys=True).encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+        h.update(json.dumps(getattr(tokenizer, "init_kwargs", {}), sort_keys=True, default=str).encode())
+    specials = {k: getattr(tokenizer, f"{k}_token_id", None) for k in ("cls", "sep", "pad", "unk")}
+    h.update(json.dumps(specials, sort_keys=True).encode())
+    return h.hexdigest()
 
 
 def extract_text_features(
     tokenizer,  # type: ignore[no-untyped-def]
     encoder: nn.Module,
-    texts: Sequence[str],
+    texts: Sequence[str | bytes],
     labels: Sequence[int],
     *,
     cache_dir: str | Path | None = None,
@@ -163,18 +182,34 @@ def extract_text_features(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
 ) -> Features:
-    """:func:`embed_texts` with the same on-disk cache as :func:`extract_features`."""
-    settings = json.dumps({"pooling": pooling, "max_length": max_length,
-                           "tokenizer": type(tokenizer).__name__, "vocab": len(tokenizer)})
+    """:func:`embed_texts` with the same on-disk cache as :func:`extract_features`.
+
+    ``texts`` and ``labels`` must have the same length; labels are checked by
+    :func:`~transfer_utils.data.as_labels` (class indices, whole floats such as ``1.0`` accepted)
+    and texts by :func:`~transfer_utils.data.ensure_text` (``str`` or UTF-8 ``bytes``; empty texts
+    are allowed and embed ``[CLS] [SEP]``). The cache key covers every text, every label, the
+    encoder's weights, the tokenizer's definition and the settings, so no two different inputs
+    share a cache entry.
+    """
+    if isinstance(texts, (str, bytes)):
+        raise DataError("extract_text_features() takes a list of texts; wrap a single text as [text]")
+    if pooling not in ("mean", "cls"):
+        raise ConfigError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+    texts = [ensure_text(t, where=f"text #{i}") for i, t in enumerate(texts)]
+    y = as_labels(labels)
+    if len(texts) != len(y):
+        raise DataError(f"{len(texts)} texts but {len(y)} labels: pass exactly one label per text")
+    settings = json.dumps({"format": 2, "pooling": pooling, "max_length": int(max_length),
+                           "tokenizer": tokenizer_fingerprint(tokenizer), "n": len(texts)}, sort_keys=True)
     h = hashlib.sha256((model_fingerprint(encoder) + settings).encode())
-    for text, label in zip(texts, labels):
-        h.update(hashlib.sha256(ensure_text(text).encode()).digest())
-        h.update(str(label).encode())
+    for text in texts:  # fixed-size digests: no two different lists hash the same stream
+        h.update(hashlib.sha256(text.encode()).digest())
+    h.update(y.numpy().astype("<i8").tobytes())
     key = h.hexdigest()
 
     def compute() -> tuple[torch.Tensor, torch.Tensor]:
         x = embed_texts(tokenizer, encoder, texts, pooling=pooling, max_length=max_length,
                         batch_size=batch_size, device=device)
-        return x, torch.tensor(list(labels), dtype=torch.long)
+        return x, y
 
     return _load_or_compute(cache_dir, tag, key, compute)

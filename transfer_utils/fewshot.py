@@ -20,12 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from .data import as_labels
+from .errors import ConfigError, DataError
 
 
 def class_prototypes(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """The mean of each class's L2-normalised embeddings, ``[num_classes, dim]``."""
-    labels = torch.as_tensor(labels)
+    labels = as_labels(labels, num_classes).to(embeddings.device)
+    if len(labels) != len(embeddings):
+        raise DataError(f"{len(embeddings)} embeddings but {len(labels)} labels")
     missing = sorted(set(range(num_classes)) - set(labels.tolist()))
     if missing:
         raise ConfigError(f"classes {missing} have no example: a prototype needs at least one per class")
@@ -40,7 +43,7 @@ def nearest_prototype(embeddings: torch.Tensor, prototypes: torch.Tensor) -> tor
 
 def sample_support(labels: Sequence[int], shots: int, episodes: int, seed: int = 0) -> list[list[int]]:
     """``episodes`` random support sets of ``shots`` examples per class (indices into ``labels``)."""
-    labels_np = np.asarray(labels)
+    labels_np = as_labels(labels).numpy()
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(episodes):

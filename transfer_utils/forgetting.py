@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import as_labels
 from .errors import DataError
 from .models import head_of
 
@@ -45,6 +46,7 @@ class OldTaskProbe:
     """
 
     def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+        labels = as_labels(labels).to(images.device)
         if images.ndim != 4 or images.shape[0] != labels.shape[0]:
             raise DataError(f"need images [N, C, H, W] and N labels, got {tuple(images.shape)} and {tuple(labels.shape)}")
         self.head = copy.deepcopy(head_of(model)).requires_grad_(False).eval()

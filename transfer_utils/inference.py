@@ -27,7 +27,7 @@ from torch import nn
 
 from .data import Preprocessing, load_image
 from .errors import ConfigError
-from .models import check_head, create_backbone, replace_head
+from .models import FrozenBackboneClassifier, attach_head, check_head, create_backbone, replace_head
 
 FORMAT_VERSION = 1
 
@@ -56,9 +56,22 @@ def save_classifier(directory: str | Path, model: nn.Module, *, architecture: st
     """Write ``model.safetensors`` and ``classifier.json`` into ``directory`` (each atomically).
 
     ``architecture`` is the registry name of the backbone actually used (``backbone.name``, which
-    differs from the requested one after an offline substitution).
+    differs from the requested one after an offline substitution). A chapter-3 model — a
+    :class:`~transfer_utils.models.FrozenBackboneClassifier` with a linear head — is saved as its
+    backbone with that head (:func:`~transfer_utils.models.attach_head`); a head trained on cached
+    features, torch or scikit-learn, is attached first: ``attach_head(backbone.model, head, mu, sigma)``.
+    The weights must fit ``architecture`` exactly, or nothing is written.
     """
+    if isinstance(model, FrozenBackboneClassifier):
+        model = attach_head(model.trunk, model.head, model.mean, model.std)
     check_head(model, len(class_names))
+    expected = replace_head(create_backbone(architecture, pretrained=False).model, len(class_names)).state_dict()
+    state = model.state_dict()
+    wrong = sorted(set(expected) ^ set(state)) or [k for k in expected if expected[k].shape != state[k].shape]
+    if wrong:
+        raise ConfigError(f"the model's weights do not fit architecture {architecture!r} (e.g. {wrong[:3]}), so "
+                          "load_classifier could not rebuild it: pass the registry name of the backbone it was "
+                          "built from (backbone.name)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / "model.safetensors"

@@ -234,6 +234,77 @@ class FrozenBackboneClassifier(nn.Module):
         return self.head((z - self.mean) / self.std)
 
 
+def _linear_weights(head: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight [K, D], bias [K])`` in float64 of a torch ``nn.Linear`` or of a fitted
+    scikit-learn-style logistic regression (``coef_``, ``intercept_``, ``classes_``)."""
+    if isinstance(head, nn.Linear):
+        bias = head.bias if head.bias is not None else torch.zeros(head.out_features)
+        return head.weight.detach().cpu().double(), bias.detach().cpu().double()
+    if not all(hasattr(head, a) for a in ("coef_", "intercept_", "classes_", "predict_proba")):
+        raise ConfigError(f"don't know how to read a linear head from {type(head).__name__}: pass a torch "
+                          "nn.Linear or a fitted scikit-learn LogisticRegression")
+    import numpy as np
+
+    classes = np.asarray(head.classes_)
+    if classes.dtype.kind not in "iu" or not np.array_equal(classes, np.arange(len(classes))):
+        raise ConfigError(f"the classifier was fitted on classes {classes.tolist()}, not 0..K-1: fit it on "
+                          "class indices, with every class present in the training labels")
+    w = torch.as_tensor(np.asarray(head.coef_, dtype=np.float64))
+    b = torch.as_tensor(np.asarray(head.intercept_, dtype=np.float64)).reshape(-1)
+    if len(classes) == 2 and w.shape[0] == 1:  # binary: P(1) = sigmoid(z) = softmax([0, z])[1]
+        w, b = torch.cat([torch.zeros_like(w), w]), torch.cat([torch.zeros_like(b), b])
+    # The network will output softmax(W x + b): check that this *is* the classifier's predict_proba
+    # (it is not for a one-vs-rest multi-class fit, whose probabilities are normalised sigmoids).
+    probe = np.random.default_rng(0).standard_normal((8, w.shape[1]))
+    mine = torch.softmax(torch.as_tensor(probe) @ w.T + b, -1).numpy()
+    if not np.allclose(mine, head.predict_proba(probe), atol=1e-6):
+        raise ConfigError(f"{type(head).__name__}'s probabilities are not a softmax of linear scores "
+                          "(a one-vs-rest fit?): refit it as a multinomial logistic regression")
+    return w, b
+
+
+def attach_head(model: nn.Module, head: Any, mean: torch.Tensor | float | None = None,
+                std: torch.Tensor | float | None = None) -> nn.Module:
+    """A copy of ``model`` ending in one ``nn.Linear`` that computes ``head((features - mean) / std)``.
+
+    This ships chapter 3's classifiers — a head trained on (standardised) cached features — as an
+    ordinary backbone with a replaced head, which :func:`~transfer_utils.inference.save_classifier`
+    saves and :func:`~transfer_utils.inference.load_classifier` rebuilds like any fine-tuned one.
+    ``model`` is the backbone's network (``backbone.model``) or its :func:`feature_extractor` trunk;
+    ``head`` a torch ``nn.Linear`` or a fitted scikit-learn ``LogisticRegression`` (binary or
+    multinomial); the standardisation is folded into the layer's weights.
+
+    Example::
+
+        logreg = LogisticRegression().fit(((f_train.x - mu) / sigma).numpy(), f_train.y.numpy())
+        model = attach_head(backbone.model, logreg, mu, sigma)
+    """
+    import copy
+
+    w, b = _linear_weights(head)
+    mean_t = torch.as_tensor(0.0 if mean is None else mean).detach().cpu().double()
+    std_t = torch.as_tensor(1.0 if std is None else std).detach().cpu().double()
+    if (std_t == 0).any():
+        raise ConfigError("std has zeros: standardise with std + a small epsilon, as chapter 3 does")
+    w_folded = w / std_t  # W ((z - m) / s) + b = (W / s) z + (b - (W / s) m)
+    b_folded = b - (w_folded * mean_t).sum(-1)
+    num_classes, in_features = w.shape
+    net = copy.deepcopy(model)
+    for attr in ("fc", "classifier"):
+        current = getattr(net, attr, None)
+        if isinstance(current, (nn.Linear, nn.Identity)):
+            if isinstance(current, nn.Linear) and current.in_features != in_features:
+                raise ConfigError(f"the head takes {in_features} features but {type(model).__name__}'s "
+                                  f"{attr} layer gets {current.in_features}: was it trained on this backbone?")
+            linear = nn.Linear(in_features, num_classes)
+            with torch.no_grad():
+                linear.weight.copy_(w_folded.float())
+                linear.bias.copy_(b_folded.float())
+            setattr(net, attr, linear)
+            return net.eval()
+    raise ConfigError(f"{type(model).__name__} has no 'fc' or 'classifier' layer to put the head in")
+
+
 def head_of(model: nn.Module) -> nn.Linear:
     """The final linear layer (``fc`` of a ResNet, ``classifier`` of a timm EfficientNet)."""
     for attr in ("fc", "classifier"):

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .data import ImageFolderDataset, load_image
+from .data import ImageFolderDataset, as_labels, load_image
+from .errors import DataError
 from .train import History
 
 
@@ -90,7 +91,9 @@ def plot_embedding_2d(features: torch.Tensor | np.ndarray, labels: Sequence[int]
         xy = TSNE(n_components=2, random_state=seed, init="pca", perplexity=min(30, len(x) - 1)).fit_transform(x)
     else:
         raise ValueError("method must be 'pca' or 'tsne'")
-    labels_arr = np.asarray(labels)
+    labels_arr = as_labels(labels, len(class_names)).numpy()
+    if len(labels_arr) != len(x):
+        raise DataError(f"{len(x)} feature vectors but {len(labels_arr)} labels")
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     cmap = plt.get_cmap("tab20" if len(class_names) > 10 else "tab10")
     for k, name in enumerate(class_names):

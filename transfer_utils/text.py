@@ -20,6 +20,8 @@ Example::
 from __future__ import annotations
 
 import json
+import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .data import ensure_text
+from .data import as_labels, ensure_text
 from .errors import ConfigError, DataError
 from .features import mean_pool
 from .train import to_device
@@ -73,6 +75,9 @@ def _special_ids(tokenizer: Any) -> tuple[int, int, int]:
 
 def word_pieces(tokenizer: Any, texts: Sequence[str | bytes]) -> list[list[int]]:
     """The word-piece ids of each text, without special tokens and without truncation."""
+    if isinstance(texts, (str, bytes)):
+        raise DataError("pass a list of texts, not a single text (iterating it would split it into characters); "
+                        "wrap it as [text]")
     clean = [ensure_text(t, where=f"text #{i}") for i, t in enumerate(texts)]
     return tokenizer(clean, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
 
@@ -114,12 +119,27 @@ def batch_from_pieces(tokenizer: Any, pieces: Sequence[Sequence[int]], *, max_le
 
 
 class TextClassificationDataset(Dataset[tuple[str, int]]):
-    """``(text, label)`` pairs; tokenising happens per batch, in :class:`TextCollator`."""
+    """``(text, label)`` pairs; tokenising happens per batch, in :class:`TextCollator`.
 
-    def __init__(self, texts: Sequence[str], labels: Sequence[int]) -> None:
+    Checked once, here, naming the first bad example: one label per text; texts are ``str`` or
+    UTF-8 ``bytes`` (decoded here) and not empty or whitespace only (nothing to learn from);
+    labels are class indices (see :func:`~transfer_utils.data.as_labels`), in
+    ``[0, num_labels)`` when ``num_labels`` is given — pass it: a label the model has no output
+    for would otherwise stop training with an ``IndexError`` deep inside the loss.
+    """
+
+    def __init__(self, texts: Sequence[str | bytes], labels: Sequence[int], num_labels: int | None = None) -> None:
+        if isinstance(texts, (str, bytes)):
+            raise DataError("texts must be a list of texts, not a single text; wrap it as [text]")
         if len(texts) != len(labels):
             raise DataError(f"{len(texts)} texts but {len(labels)} labels")
-        self.texts, self.labels = list(texts), [int(y) for y in labels]
+        self.texts = [ensure_text(t, where=f"text #{i}") for i, t in enumerate(texts)]
+        empty = [i for i, t in enumerate(self.texts) if not t.strip()]
+        if empty:
+            raise DataError(f"text(s) at position(s) {empty[:10]} are empty or whitespace only; drop them and "
+                            "their labels first, e.g. keep = [i for i, t in enumerate(texts) if t.strip()]")
+        self.num_labels = num_labels
+        self.labels = as_labels(labels, num_labels).tolist()
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -133,17 +153,21 @@ class TextCollator:
     """Turn a list of ``(text, label)`` into a padded batch (dynamic padding).
 
     Returns ``(inputs, labels)`` for :func:`~transfer_utils.train.fit`, or with ``as_dict=True``
-    one dict with a ``labels`` entry, the form the Hugging Face ``Trainer`` expects.
+    one dict with a ``labels`` entry, the form the Hugging Face ``Trainer`` expects. Labels are
+    checked with :func:`~transfer_utils.data.as_labels`; with ``num_labels`` (the model's
+    ``config.num_labels``) a label outside ``[0, num_labels)`` is a :class:`DataError` naming it,
+    not an ``IndexError`` from inside the model's loss (or a CUDA device-side assert).
     """
 
     tokenizer: Any
     max_length: int = 128
     truncation: str = "head"
     as_dict: bool = False
+    num_labels: int | None = None
 
     def __call__(self, batch: Sequence[tuple[str, int]]) -> Any:
         texts = [t for t, _ in batch]
-        labels = torch.tensor([int(y) for _, y in batch], dtype=torch.long)
+        labels = as_labels([y for _, y in batch], self.num_labels, where="batch labels")
         inputs = encode(self.tokenizer, texts, max_length=self.max_length, truncation=self.truncation)
         return {**inputs, "labels": labels} if self.as_dict else (inputs, labels)
 
@@ -227,6 +251,10 @@ def save_text_classifier(directory: str | Path, model: nn.Module, tokenizer: Any
                          base_model: str = "") -> Path:
     """Save weights (``model.safetensors``), tokenizer and a small JSON of settings to ``directory``.
 
+    Atomic: everything is written to a temporary folder next to ``directory``, which then takes
+    its place, so a failed or interrupted save leaves a previous save there intact (and no
+    half-written folder). ``directory`` must be new, empty, or an earlier save (which is
+    replaced); a folder holding any other file is refused rather than overwritten.
     Reload with :func:`load_text_classifier`, in any process, without this notebook.
     """
     if truncation not in TRUNCATION_STRATEGIES:
@@ -235,14 +263,35 @@ def save_text_classifier(directory: str | Path, model: nn.Module, tokenizer: Any
     if len(label_names) != n_out:
         raise ConfigError(f"{len(label_names)} label names for a model with {n_out} outputs")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.config.id2label = dict(enumerate(label_names))
-    model.config.label2id = {name: i for i, name in enumerate(label_names)}
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    meta = {"label_names": list(label_names), "max_length": int(max_length), "truncation": truncation,
-            "base_model": base_model, "format": 1}
-    (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+    if directory.exists() and (not directory.is_dir()
+                               or (any(directory.iterdir()) and not (directory / META_FILE).is_file())):
+        raise ConfigError(f"{directory} exists and is not an earlier save_text_classifier() folder; "
+                          "save into a new or empty folder so that nothing in it is lost")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.with_name(f".{directory.name}.{uuid.uuid4().hex[:12]}.part")
+    staging.mkdir()  # the umask's permissions, like any folder (mkdtemp's would be private)
+    try:
+        model.config.id2label = dict(enumerate(label_names))
+        model.config.label2id = {name: i for i, name in enumerate(label_names)}
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        meta = {"label_names": list(label_names), "max_length": int(max_length), "truncation": truncation,
+                "base_model": base_model, "format": 1}
+        (staging / META_FILE).write_text(json.dumps(meta, indent=2))
+        if directory.exists():
+            extra = sorted({f.name for f in directory.iterdir()} - {f.name for f in staging.iterdir()})
+            if extra:
+                raise ConfigError(f"{directory} also holds {extra[:5]}, which this save would not rewrite: "
+                                  "move them elsewhere or save into a new folder, so that nothing is lost")
+            retired = staging.with_suffix(".old")
+            directory.rename(retired)
+            staging.rename(directory)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(directory)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     return directory
 
 

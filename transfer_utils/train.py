@@ -209,7 +209,7 @@ def _run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable[..., torc
                         f"the model outputs {logits.shape[-1]} scores per example but the data has "
                         f"{num_classes} classes: replace the head with replace_head(model, {num_classes})."
                     )
-                check_labels(labels, logits.shape[-1])
+                labels = check_labels(labels, logits.shape[-1])
                 loss = loss_fn(logits, labels)
             if training:
                 optimizer.zero_grad(set_to_none=True)
