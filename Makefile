@@ -26,7 +26,7 @@ export TORCH_HOME   := $(CURDIR)/.cache/torch
 export PYTHONUNBUFFERED := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: env assets book pdf test lab chromium clean bench
+.PHONY: env assets book pdf test lab chromium clean bench test-compat
 
 $(VENV)/.installed: requirements.txt requirements-assets.txt pyproject.toml
 	@echo "== creating the environment in $(VENV) (first time: a few minutes)"
@@ -79,3 +79,24 @@ bench: assets
 	$(PY) -m transfer_utils.book execute --scale full
 	$(PY) -m transfer_utils.bench collect --label "$(BENCH_LABEL)"
 	$(PY) -m transfer_utils.bench render
+
+# The version ranges of pyproject.toml, run (outside `make test`; see compat/*.txt):
+#   make test-compat COMPAT=min     the lowest versions pyproject.toml allows
+#   make test-compat COMPAT=colab   a Colab-like stack (its preinstalled versions)
+# Each builds .venv-compat-$(COMPAT) from compat/$(COMPAT).txt, installs this package *without*
+# upgrading anything (as the Colab set-up cell does), runs the fast lane and chapters 3, 4 and 6 at
+# CI scale, and writes _build/compat-$(COMPAT).log.
+COMPAT ?= min
+CVENV  := .venv-compat-$(COMPAT)
+CHAPTERS_COMPAT ?= 03_feature_extraction.ipynb 04_fine_tuning.ipynb 06_bert_case_study.ipynb
+test-compat: assets
+	test -x $(CVENV)/bin/python || $(PYTHON) -m venv $(CVENV)
+	$(CVENV)/bin/python -m pip install --quiet -r compat/$(COMPAT).txt pytest==9.2.0 papermill==2.7.0 \
+	  ipykernel==7.4.0 nbformat pyyaml scipy
+	$(CVENV)/bin/python -m pip install --quiet --no-deps -r requirements-assets.txt
+	$(CVENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(CVENV)/bin/python -m pip check
+	mkdir -p _build
+	set -o pipefail; { $(CVENV)/bin/python -m pip freeze; \
+	  $(CVENV)/bin/python -m pytest -m "not notebooks and not book and not colab" -p no:cacheprovider $(PYTEST_ARGS) && \
+	  $(CVENV)/bin/python -m transfer_utils.book execute --scale ci --only $(CHAPTERS_COMPAT); } 2>&1 | tee _build/compat-$(COMPAT).log
