@@ -27,7 +27,7 @@ from torch import nn
 
 from . import assets
 from .data import Preprocessing
-from .errors import AssetUnavailableError, ConfigError
+from .errors import AssetUnavailableError, ChecksumMismatchError, ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -99,8 +99,11 @@ def _torchvision_backbone(name: str, pretrained: bool) -> Backbone:
 
     weights_enum = torchvision.models.get_model_weights(name)
     weights = weights_enum.DEFAULT if pretrained else None
-    model = torchvision.models.get_model(name, weights=weights)
+    model = torchvision.models.get_model(name, weights=None)
     if weights is not None:
+        # The registry's URL (torchvision's own, redirected by TL_ASSET_BASE_URL when set), loaded the
+        # way torchvision loads it: torch.hub checks the sha256 prefix in the file name.
+        model.load_state_dict(_torchvision_state_dict(assets.MODELS[name]))
         tf = weights.transforms()
         prep = Preprocessing(tf.crop_size[0], tf.resize_size[0], tf.interpolation.value,
                              tuple(tf.mean), tuple(tf.std))  # type: ignore[arg-type]
@@ -109,6 +112,21 @@ def _torchvision_backbone(name: str, pretrained: bool) -> Backbone:
         prep = Preprocessing(224, 256, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
         source = "random initialisation"
     return Backbone(name, name, model, model.fc.in_features, prep, source)
+
+
+def _torchvision_state_dict(asset: assets.ModelAsset) -> dict[str, torch.Tensor]:
+    url = assets.canonical_url(asset.canonical)
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, check_hash=True)
+    except RuntimeError as err:
+        if "invalid hash value" not in str(err):
+            raise
+        raise ChecksumMismatchError(
+            f"the weights downloaded from {url} for {asset.name!r} are not the registered file ({err}); "
+            f"nothing was kept in {assets.torch_checkpoint_dir()}. The download was corrupt, or the server "
+            "(TL_ASSET_BASE_URL, a proxy) serves a different file: run again, or copy the file whose sha256 "
+            f"starts with {asset.sha256} to {assets.torch_checkpoint_dir() / asset.canonical.rsplit('/', 1)[-1]}."
+        ) from None
 
 
 def _timm_backbone(name: str, pretrained: bool, offline: bool = False) -> Backbone:
