@@ -23,8 +23,9 @@ import subprocess
 import sys
 import tarfile
 import threading
+import urllib.parse
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import pytest
 import torch
 
 from transfer_utils import assets, models
-from transfer_utils.errors import ChecksumMismatchError, TransferUtilsError
+from transfer_utils.errors import ChecksumMismatchError
 
 REPO = Path(__file__).resolve().parents[1]
 #: the real hymenoptera_data.zip (same content as the canonical download): ../shared/data next to the
@@ -153,21 +154,45 @@ class Server:
         body = repo[filename]
         return 200, {**headers, "ETag": f'"{hashlib.sha256(body).hexdigest()}"'}, body
 
-    def _hub_api(self, path: str) -> tuple[int, dict[str, str], bytes] | None:
-        m = re.fullmatch(r"/api/(models|datasets)/(.+?)(?:/revision/([^/]+))?", path)
+    @staticmethod
+    def _entries(repo: dict[str, bytes], paths: list[str], folder: str | None, recursive: bool) -> list[dict]:
+        """Tree entries as the hub lists them: files (with oid, size, lfs) and folders."""
+        def file(name: str) -> dict:
+            body = repo[name]
+            sha = hashlib.sha256(body).hexdigest()
+            return {"type": "file", "path": name, "size": len(body), "oid": hashlib.sha1(body).hexdigest(),
+                    "lfs": {"oid": sha, "size": len(body), "pointerSize": 134}}
+        folders = sorted({"/".join(n.split("/")[:i]) for n in repo for i in range(1, n.count("/") + 1)})
+        if folder is None:  # paths-info: exactly the paths asked for
+            return ([file(p) for p in paths if p in repo]
+                    + [{"type": "directory", "path": p, "oid": COMMIT} for p in paths if p in folders])
+        prefix = folder.strip("/") + "/" if folder.strip("/") else ""
+        def listed(name: str) -> bool:
+            return name.startswith(prefix) and (recursive or "/" not in name[len(prefix):])
+        return ([{"type": "directory", "path": d, "oid": COMMIT} for d in folders if listed(d)]
+                + [file(n) for n in sorted(repo) if listed(n)])
+
+    def _hub_api(self, method: str, path: str, query: str, body: bytes) -> tuple[int, dict[str, str], bytes] | None:
+        m = re.fullmatch(r"/api/(models|datasets)/(.+?)(?:/(revision|tree|paths-info)/([^/]+)(/.*)?)?", path)
         if m is None or f"{m.group(1)}/{m.group(2)}" not in self.hub:
             return None
         repo = self.hub[f"{m.group(1)}/{m.group(2)}"]
-        info = {"id": m.group(2), "sha": COMMIT, "private": False, "disabled": False, "gated": False,
-                "siblings": [{"rfilename": f, "size": len(b)} for f, b in sorted(repo.items())]}
-        return 200, {"Content-Type": "application/json"}, json.dumps(info).encode()
+        if m.group(3) == "tree":
+            out = self._entries(repo, [], urllib.parse.unquote(m.group(5) or ""), "recursive=true" in query.lower())
+        elif m.group(3) == "paths-info":
+            out = self._entries(repo, urllib.parse.parse_qs(body.decode()).get("paths", []), None, False)
+        else:
+            out = {"id": m.group(2), "sha": COMMIT, "private": False, "disabled": False, "gated": False,
+                   "lastModified": "2024-01-01T00:00:00.000Z", "tags": [], "cardData": {},
+                   "siblings": [{"rfilename": f, "size": len(b)} for f, b in sorted(repo.items())]}
+        return 200, {"Content-Type": "application/json"}, json.dumps(out).encode()
 
-    def respond(self, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    def respond(self, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
         self.requests.append(f"{method} {path}")
-        path = path.split("?", 1)[0]
+        path, _, query = path.partition("?")
         if path in self.files:
             return 200, {}, self.files[path]
-        api = self._hub_api(path)
+        api = self._hub_api(method, urllib.parse.unquote(path), query, body)
         if api is not None:
             return api
         return self._hub_file(path)
@@ -181,7 +206,8 @@ def server() -> Iterator[Server]:
         protocol_version = "HTTP/1.1"
 
         def _reply(self, with_body: bool) -> None:
-            status, headers, body = state.respond(self.command, self.path)
+            sent = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, headers, body = state.respond(self.command, self.path, sent)
             start, end = 0, len(body)
             rng = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
             if status == 200 and rng:
@@ -201,6 +227,9 @@ def server() -> Iterator[Server]:
 
         def do_HEAD(self) -> None:  # noqa: N802
             self._reply(False)
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._reply(True)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -318,7 +347,7 @@ def test_fetch_dataset_converts_the_official_flowers17_tgz(server: Server, monke
     server.files[_path(asset.url)] = archive
     monkeypatch.setenv("TL_ASSET_BASE_URL", server.url)
     root = assets.fetch_dataset("flowers17", offline=False)
-    assert f"GET /~vgg/data/flowers/17/17flowers.tgz" in server.requests
+    assert "GET /~vgg/data/flowers/17/17flowers.tgz" in server.requests
     got = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
     assert got == expected
     assert len(list((root / "val" / "pansy").iterdir())) == 20
@@ -475,6 +504,38 @@ print(RESULT + json.dumps(dict(n=len(served), same_encoder=len(same_encoder), sa
     assert out["cached"] is True
     assert any(r.startswith(f"GET /{bert_id}/resolve/") and r.endswith("model.safetensors") for r in server.requests)
     assert any(r.startswith(f"GET /{timm_id}/resolve/") and r.endswith("model.safetensors") for r in server.requests)
+
+
+def test_text_dataset_rows_from_the_hub(server: Server, tmp_path: Path) -> None:
+    """``load_text_dataset(name, offline=False)`` -> ``datasets.load_dataset(hf_id, split="train")``
+    against a tiny parquet repo laid out like the hub's (``train``/``test`` parquet files)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def parquet(texts: list[str], labels: list[int]) -> bytes:
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"text": texts, "label": labels}), buf)
+        return buf.getvalue()
+
+    texts = [f"{'a fine' if i % 2 else 'a dull'} film, number {i}" for i in range(40)]
+    labels = [i % 2 for i in range(40)]
+    hf_id = assets.TEXT_DATASETS["rotten_tomatoes"].hf_id
+    server.hub[f"datasets/{hf_id}"] = {
+        "data/train-00000-of-00001.parquet": parquet(texts, labels),
+        "data/test-00000-of-00001.parquet": parquet(["never read"] * 4, [0, 1, 0, 1]),
+    }
+    code = """
+from transfer_utils.data import load_text_dataset
+ds = load_text_dataset("rotten_tomatoes", offline=False, test_fraction=0.25)
+print(RESULT + json.dumps(dict(rows=sorted(zip(ds.train_texts + ds.test_texts, ds.train_labels + ds.test_labels)),
+      n_test=len(ds.test_texts), source=ds.source)))
+"""
+    out = _child(code, {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"),
+                        "TL_DATA_HOME": str(tmp_path / "tl"), "TORCH_HOME": str(tmp_path / "torch")})
+    assert out["rows"] == sorted(map(list, zip(texts, labels)))
+    assert out["n_test"] == 10
+    assert hf_id in out["source"]
+    assert any(r.startswith(f"GET /datasets/{hf_id}/resolve/") and "train-00000" in r for r in server.requests)
 
 
 # ----------------------------------------------------------------------------------------------
