@@ -377,6 +377,27 @@ def test_fetch_dataset_refuses_a_wrong_download(server: Server, monkeypatch: pyt
     assert assets.content_digest(assets.fetch_dataset("hymenoptera", offline=False)) == asset.content_sha256
 
 
+def test_fetch_dataset_refuses_a_wrong_flowers17_tgz(server: Server, monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    """A tgz that is not the official one (here: images missing) cannot be arranged: a clear
+    ChecksumMismatchError (it used to be a raw FileNotFoundError), nothing kept."""
+    archive, expected = _fake_flowers_tgz()
+    asset = dataclasses.replace(assets.IMAGE_DATASETS["flowers17"], content_sha256=_digest(expected))
+    monkeypatch.setitem(assets.IMAGE_DATASETS, "flowers17", asset)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("jpg/image_0001.jpg")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    server.files[_path(asset.url)] = buf.getvalue()
+    monkeypatch.setenv("TL_ASSET_BASE_URL", server.url)
+    with pytest.raises(ChecksumMismatchError, match="17flowers.tgz is not a usable flowers17 archive"):
+        assets.fetch_dataset("flowers17", offline=False)
+    assert _leftovers(tmp_path / "tl") in ([], ["archives"], ["archives", "datasets"])
+    server.files[_path(asset.url)] = archive
+    assert assets.fetch_dataset("flowers17", offline=False).is_dir()
+
+
 # ----------------------------------------------------------------------------------------------
 # 2. torchvision weights (ResNet-18) through torch.hub with its hash-prefix check
 # ----------------------------------------------------------------------------------------------
@@ -409,7 +430,11 @@ def test_resnet18_downloads_through_torch_hub(server: Server, monkeypatch: pytes
     assert loaded.keys() == state.keys()
     assert all(torch.equal(loaded[k], state[k]) for k in state)
     assert (tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[1]).is_file()
-    assert models._is_cached(assets.MODELS["resnet18"])  # offline=True would now use it, no substitute
+    assert models._is_cached(assets.MODELS["resnet18"])
+    n = len(server.requests)  # offline, the downloaded file is used: no request, no substitute
+    again = models.create_backbone("resnet18", pretrained=True, offline=True)
+    assert again.name == "resnet18" and len(server.requests) == n
+    assert all(torch.equal(again.model.state_dict()[k], state[k]) for k in state)
 
 
 def test_resnet18_wrong_file_is_refused(server: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
