@@ -29,7 +29,8 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
+import huggingface_hub.constants  # noqa: F401  (read HF_HOME now, before a test here changes it: its
+import pytest                      # constants are fixed at import and later tests in this session use them)
 import torch
 
 from transfer_utils import assets, models
