@@ -32,3 +32,14 @@ class DataError(TransferUtilsError, ValueError):
 
 class ConfigError(TransferUtilsError, ValueError):
     """An argument combination that cannot work (e.g. head size != number of classes)."""
+
+
+class DamagedFileError(DataError):
+    """A file on disk (a checkpoint, a saved model) is truncated, corrupt or incomplete.
+
+    The message names the file and says how to recover; ``path`` holds it.
+    """
+
+    def __init__(self, message: str, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path
