@@ -89,10 +89,119 @@ def test_corrupt_archive_is_never_used(tmp_path: Path, monkeypatch) -> None:
     archive.parent.mkdir(parents=True)
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("hymenoptera_data/train/ants/1.jpg", b"not the real bytes")
-    with pytest.raises(ChecksumMismatchError, match="content digest"):
+    with pytest.raises(ChecksumMismatchError, match="hymenoptera_data.zip has sha256"):
         assets.fetch_dataset("hymenoptera", offline=True)
     assert not (tmp_path / "datasets" / "hymenoptera").exists()
     assert not (tmp_path / "datasets" / "hymenoptera.part").exists()
+
+
+def _tiny_image_dataset(tmp_path: Path, monkeypatch) -> tuple[Path, bytes]:
+    """Two classes zipped as hymenoptera's mirror archive and registered in its place (flowers17
+    unregistered); TL_DATA_HOME is ``tmp_path/home``. Returns the mirror folder and the archive's bytes."""
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src" / "tiny_data"
+    for split in ("train", "val"):
+        for cls in ("ants", "bees"):
+            (src / split / cls).mkdir(parents=True)
+            (src / split / cls / "1.jpg").write_bytes(rng.bytes(4000))
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with zipfile.ZipFile(mirror / "hymenoptera_data.zip", "w") as zf:
+        for p in sorted(src.rglob("*.jpg")):
+            zf.write(p, p.relative_to(src.parent).as_posix())
+    good = (mirror / "hymenoptera_data.zip").read_bytes()
+    fake = dataclasses.replace(assets.IMAGE_DATASETS["hymenoptera"], top_folder="tiny_data",
+                               content_sha256=assets.content_digest(src), mirror_sha256=_sha(good))
+    monkeypatch.setitem(assets.IMAGE_DATASETS, "hymenoptera", fake)
+    monkeypatch.delitem(assets.IMAGE_DATASETS, "flowers17")
+    monkeypatch.setenv("TL_DATA_HOME", str(tmp_path / "home"))
+    return mirror, good
+
+
+def test_a_damaged_archive_of_the_right_size_is_named_and_seed_replaces_it(tmp_path: Path, monkeypatch) -> None:
+    mirror, good = _tiny_image_dataset(tmp_path, monkeypatch)
+    home = tmp_path / "home"
+    cached = home / "archives" / "hymenoptera_data.zip"
+    cached.parent.mkdir(parents=True)
+    damaged = bytearray(good)
+    damaged[200:600] = bytes(400)  # inside the first photo's bytes: same size, bad CRC
+    cached.write_bytes(bytes(damaged))
+    for _ in range(2):  # a rerun gets the same clear error, not a raw BadZipFile
+        with pytest.raises(ChecksumMismatchError, match="seed --from DIR") as info:
+            assets.fetch_dataset("hymenoptera", offline=True)
+        assert f"{cached} has sha256 {_sha(bytes(damaged))}" in str(info.value)
+        assert not list(home.rglob("*.part")) and not (home / "datasets" / "hymenoptera").exists()
+    lines = assets._seed_image_datasets(mirror)  # what `seed --from DIR` runs first
+    assert any(line.startswith(f"replaced {cached}: it was damaged") for line in lines), lines
+    assert cached.read_bytes() == good
+    root = assets.fetch_dataset("hymenoptera", offline=True)
+    assert assets.content_digest(root) == assets.IMAGE_DATASETS["hymenoptera"].content_sha256
+    assert not any(line.startswith("replaced") for line in assets._seed_image_datasets(mirror))
+
+
+def _truncated_tgz(path: Path) -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        payload = np.random.default_rng(1).bytes(50_000)
+        info = tarfile.TarInfo("jpg/image_0001.jpg")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    path.write_bytes(path.read_bytes()[:20_000])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_an_official_archive_that_cannot_be_unpacked_is_named(tmp_path: Path, monkeypatch, damage: str) -> None:
+    monkeypatch.setenv("TL_DATA_HOME", str(tmp_path))
+    archive = tmp_path / "archives" / "17flowers.tgz"  # the canonical archive: no registered sha256
+    archive.parent.mkdir(parents=True)
+    if damage == "truncated":
+        _truncated_tgz(archive)
+    else:
+        archive.write_bytes(b"\x1f\x8b" + np.random.default_rng(2).bytes(3000) if damage == "garbage" else b"")
+    with pytest.raises(ChecksumMismatchError, match="17flowers.tgz is damaged and cannot be unpacked") as info:
+        assets.fetch_dataset("flowers17", offline=True)
+    assert f"Delete {archive} and fetch it again" in str(info.value)
+    assert not list(tmp_path.rglob("*.part")) and not (tmp_path / "datasets" / "flowers17").exists()
+
+
+def test_a_truncated_zip_is_named(tmp_path: Path) -> None:
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("top/a.txt", b"alpha" * 1000)
+    archive.write_bytes(archive.read_bytes()[:-30])
+    with pytest.raises(ChecksumMismatchError, match=f"{archive} is damaged .*Delete it and fetch it again"):
+        assets._safe_extract(archive, tmp_path / "out")
+
+
+def test_a_damaged_sample_archive_leaves_no_part_folder(tmp_path: Path, monkeypatch) -> None:
+    asset = assets.SAMPLE_IMAGES["imagenet_samples"]
+    monkeypatch.setitem(assets.SAMPLE_IMAGES, "imagenet_samples",
+                        dataclasses.replace(asset, mirror_package="no_such_package_here"))
+    monkeypatch.setenv("TL_DATA_HOME", str(tmp_path))
+    archive = tmp_path / "archives" / Path(asset.url).name
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ChecksumMismatchError, match=archive.name):
+        assets.fetch_sample_images("imagenet_samples", offline=True)
+    assert not list(tmp_path.rglob("*.part")) and not (tmp_path / "samples" / "imagenet_samples").exists()
+
+
+def test_a_failed_copy_leaves_the_old_file_and_no_part(tmp_path: Path, monkeypatch) -> None:
+    src, dst = tmp_path / "src.bin", tmp_path / "cache" / "dst.bin"
+    src.write_bytes(b"new" * 100)
+    dst.parent.mkdir()
+    dst.write_bytes(b"old")
+
+    def disk_full(a, b):  # type: ignore[no-untyped-def]
+        Path(b).write_bytes(b"ne")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(assets.shutil, "copyfile", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        assets.atomic_copy(src, dst, _sha(src.read_bytes()))
+    assert dst.read_bytes() == b"old" and not list(dst.parent.glob("*.part"))
 
 
 def test_seed_rejects_a_corrupt_mirror(tmp_path: Path, monkeypatch) -> None:
