@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import subprocess
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -137,6 +138,29 @@ def test_a_damaged_archive_of_the_right_size_is_named_and_seed_replaces_it(tmp_p
     root = assets.fetch_dataset("hymenoptera", offline=True)
     assert assets.content_digest(root) == assets.IMAGE_DATASETS["hymenoptera"].content_sha256
     assert not any(line.startswith("replaced") for line in assets._seed_image_datasets(mirror))
+
+
+@pytest.mark.parametrize("damage", ["cut short", "deleted", "added"])
+def test_an_unpacked_dataset_changed_after_verification_is_unpacked_again(tmp_path: Path, monkeypatch,
+                                                                          damage: str) -> None:
+    mirror, _ = _tiny_image_dataset(tmp_path, monkeypatch)
+    assets._seed_image_datasets(mirror)
+    root = assets.fetch_dataset("hymenoptera", offline=True)
+    photo = root / "train" / "bees" / "1.jpg"
+    if damage == "cut short":
+        photo.write_bytes(photo.read_bytes()[:100])
+    elif damage == "deleted":
+        photo.unlink()
+    else:
+        photo = root / "train" / "bees" / "2.jpg"
+        photo.write_bytes(b"a stray file")
+    with pytest.warns(UserWarning, match=r"changed after it was verified: 1 file\(s\).*train/bees/"):
+        again = assets.fetch_dataset("hymenoptera", offline=True)
+    assert again == root
+    assert assets.content_digest(root) == assets.IMAGE_DATASETS["hymenoptera"].content_sha256
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assets.fetch_dataset("hymenoptera", offline=True)  # intact again: no warning
 
 
 def _truncated_tgz(path: Path) -> None:

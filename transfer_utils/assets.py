@@ -33,6 +33,7 @@ import shutil
 import sys
 import tarfile
 import urllib.request
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -427,13 +428,47 @@ def _flowers17_from_official(unpacked: Path, asset: ImageDatasetAsset) -> None:
     shutil.rmtree(unpacked / "jpg")
 
 
+_MARKERS = (".verified", ".sizes.json")  #: written next to a verified folder's files
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*")
+            if p.is_file() and p.name not in _MARKERS}
+
+
+def _still_verified(final: Path, checked: Path, expected: str) -> bool:
+    """Whether ``final`` holds files verified against ``expected`` that are all still there, in
+    the same sizes (a cheap check: no hashing). A copy changed since then (a file deleted, cut
+    short or added) warns, naming the files, and counts as absent: it is unpacked again."""
+    marker = final / ".verified"
+    if not (marker.is_file() and marker.read_text().strip() == expected):
+        return False
+    sizes = final / ".sizes.json"
+    if not sizes.is_file():
+        return True  # verified by an older version of this module, which recorded no sizes
+    try:
+        recorded = json.loads(sizes.read_text())
+    except (json.JSONDecodeError, OSError):
+        recorded = {}
+    now = _file_sizes(checked)
+    changed = sorted(k for k in recorded.keys() | now.keys() if recorded.get(k) != now.get(k))
+    if changed:
+        warnings.warn(f"{checked} changed after it was verified: {len(changed)} file(s) missing, added or of "
+                      f"another size ({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); "
+                      "unpacking it again", stacklevel=3)
+        return False
+    return True
+
+
 def _publish_verified(part: Path, final: Path, checked: Path, expected: str, what: str, remedy: str) -> None:
     """Rename the unpacked folder ``part`` to ``final`` once the files under ``checked`` match the
-    content digest ``expected`` (a ``.verified`` marker records it); otherwise delete ``part``."""
+    content digest ``expected`` (a ``.verified`` marker records it, ``.sizes.json`` their sizes);
+    otherwise delete ``part``."""
     digest = content_digest(checked)
     if digest != expected:
         shutil.rmtree(part, ignore_errors=True)
         raise ChecksumMismatchError(f"{what} content digest {digest}, expected {expected}. {remedy}")
+    (part / ".sizes.json").write_text(json.dumps(_file_sizes(checked), indent=0))
     (part / ".verified").write_text(expected + "\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(part, final)
@@ -455,7 +490,8 @@ def fetch_dataset(name: str, *, offline: bool = False, force: bool = False) -> P
     """Return the unpacked, verified folder of image dataset ``name`` (see :data:`IMAGE_DATASETS`).
 
     Looks in the cache first; then unpacks a seeded mirror archive; then (online only) downloads
-    the canonical archive. The unpacked files must match the registered content digest.
+    the canonical archive. The unpacked files must match the registered content digest; a copy
+    that changed since (a file deleted, cut short or added) is unpacked again, with a warning.
 
     Example::
 
@@ -466,8 +502,7 @@ def fetch_dataset(name: str, *, offline: bool = False, force: bool = False) -> P
         raise KeyError(f"unknown dataset {name!r}; registered: {sorted(IMAGE_DATASETS)}")
     asset = IMAGE_DATASETS[name]
     final = data_home() / "datasets" / name
-    marker = final / ".verified"
-    if not force and marker.is_file() and marker.read_text().strip() == asset.content_sha256:
+    if not force and _still_verified(final, final / asset.top_folder, asset.content_sha256):
         return final / asset.top_folder
 
     archives = data_home() / "archives"
@@ -568,8 +603,7 @@ def fetch_sample_images(name: str = "imagenet_samples", *, offline: bool = False
         raise KeyError(f"unknown sample set {name!r}; registered: {sorted(SAMPLE_IMAGES)}")
     asset = SAMPLE_IMAGES[name]
     final = data_home() / "samples" / name
-    marker = final / ".verified"
-    if not (marker.is_file() and marker.read_text().strip() == asset.content_sha256):
+    if not _still_verified(final, final, asset.content_sha256):
         part = final.with_name(name + ".part")
         shutil.rmtree(part, ignore_errors=True)
         try:
