@@ -163,6 +163,18 @@ def test_an_unpacked_dataset_changed_after_verification_is_unpacked_again(tmp_pa
         assets.fetch_dataset("hymenoptera", offline=True)  # intact again: no warning
 
 
+def test_seeding_rewrites_a_damaged_weights_snapshot(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(assets, "hf_hub_cache", lambda: tmp_path / "hub")
+    weights = np.random.default_rng(3).bytes(10_000)
+    files = {"model.safetensors": weights, "config.json": b"{}"}
+    snap = assets._publish_snapshot("org/tiny", files)
+    (snap / "model.safetensors").write_bytes(weights[:1000])  # cut short, e.g. by a full disk
+    with pytest.warns(UserWarning, match=f"{snap} is damaged \\(model.safetensors missing or changed\\)"):
+        again = assets._publish_snapshot("org/tiny", files)
+    assert again == snap and (snap / "model.safetensors").read_bytes() == weights
+    assert not list((tmp_path / "hub").rglob("*.part"))
+
+
 def _truncated_tgz(path: Path) -> None:
     import io
     import tarfile

@@ -659,6 +659,15 @@ def _publish_snapshot(repo_id: str, files: dict[str, Path | bytes]) -> Path:
         digest.update(src if isinstance(src, bytes) else sha256_file(src).encode())
     revision = digest.hexdigest()  # a content-derived id standing in for the hub's commit hash
     snap = _hf_snapshot(repo_id, revision)
+
+    def intact(fname: str, src: Path | bytes) -> bool:
+        expected = hashlib.sha256(src).hexdigest() if isinstance(src, bytes) else sha256_file(src)
+        return (snap / fname).is_file() and sha256_file(snap / fname) == expected
+
+    damaged = [fname for fname, src in files.items() if not intact(fname, src)] if snap.is_dir() else []
+    if damaged:  # e.g. a weights file cut short: from_pretrained would fail on it every time
+        warnings.warn(f"{snap} is damaged ({', '.join(damaged)} missing or changed): writing it again", stacklevel=3)
+        shutil.rmtree(snap)
     if not snap.is_dir():
         part = snap.with_name(revision + ".part")
         shutil.rmtree(part, ignore_errors=True)
