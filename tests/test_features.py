@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from torch import nn
 from torchvision import transforms as T
 
@@ -48,6 +49,46 @@ def test_cache_reuse_and_invalidation(tmp_path: Path) -> None:
     changed = features.extract_features(trunk, ds, cache_dir=cache, tag="t")
     assert not changed.from_cache
     assert not list(cache.glob("*.part"))
+
+
+@pytest.mark.parametrize("keep", [0, 10, 0.5, -1])
+def test_a_damaged_feature_cache_is_a_cache_miss(tmp_path: Path, keep: float) -> None:
+    ds, trunk, cache = _dataset(tmp_path / "imgs"), _trunk(), tmp_path / "cache"
+    first = features.extract_features(trunk, ds, cache_dir=cache, tag="t", progress=False)
+    (path,) = cache.glob("t-*.safetensors")
+    good = path.read_bytes()
+    path.write_bytes(good[: int(len(good) * keep) if isinstance(keep, float) else keep])
+    with pytest.warns(UserWarning, match=f"cache file .*{path.name} is damaged.*recomputing"):
+        again = features.extract_features(trunk, ds, cache_dir=cache, tag="t", progress=False)
+    assert not again.from_cache and torch.equal(again.x, first.x) and torch.equal(again.y, first.y)
+    assert torch.equal(load_file(path)["x"], first.x), "the damaged file must be overwritten with the features"
+    assert features.extract_features(trunk, ds, cache_dir=cache, tag="t", progress=False).from_cache
+    assert not list(cache.glob("*.part"))
+
+
+def test_a_cache_file_of_other_features_is_not_used(tmp_path: Path) -> None:
+    ds, trunk, cache = _dataset(tmp_path / "imgs"), _trunk(), tmp_path / "cache"
+    first = features.extract_features(trunk, ds, cache_dir=cache, tag="t", progress=False)
+    (path,) = cache.glob("t-*.safetensors")
+    other = features.extract_features(trunk, ds.subset([0, 1, 2]), cache_dir=tmp_path / "other", tag="t",
+                                      progress=False)
+    (other_path,) = (tmp_path / "other").glob("t-*.safetensors")
+    path.write_bytes(other_path.read_bytes())  # e.g. copied in by hand under the wrong name
+    with pytest.warns(UserWarning, match="holds other features"):
+        again = features.extract_features(trunk, ds, cache_dir=cache, tag="t", progress=False)
+    assert torch.equal(again.x, first.x) and len(other.x) == 3
+
+
+def test_a_damaged_decoded_pixels_cache_is_a_cache_miss(tmp_path: Path) -> None:
+    ds, cache = _dataset(tmp_path / "imgs"), tmp_path / "cache"
+    first = data.decode_images(ds, 16, cache_dir=cache)
+    (path,) = cache.glob("decoded-16px-*.safetensors")
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.warns(UserWarning, match=f"{path.name} is damaged"):
+        again = data.decode_images(ds, 16, cache_dir=cache)
+    assert torch.equal(again.images, first.images) and again.targets == first.targets
+    assert torch.equal(load_file(path)["x"], first.images)
 
 
 def test_extraction_runs_in_eval_mode(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from transfer_utils import explain, inference, models
-from transfer_utils.errors import ConfigError, DataError
+from transfer_utils.errors import ConfigError, DamagedFileError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,23 @@ def test_bad_inputs(saved, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="outputs 3 classes but the data has 2"):
         inference.save_classifier(tmp_path / "x", clf.model, architecture="resnet18",
                                   class_names=["a", "b"], preprocessing=clf.preprocessing)
+
+
+def test_a_damaged_saved_classifier_is_named(saved, tmp_path: Path) -> None:
+    folder, _ = saved
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    weights, config = copy / "model.safetensors", copy / "classifier.json"
+    good = weights.read_bytes()
+    for cut in (100, len(good) // 2):
+        weights.write_bytes(good[:cut])
+        with pytest.raises(DamagedFileError, match=f"{weights} is damaged.*save_classifier"):
+            inference.load_classifier(copy)
+    weights.write_bytes(good)
+    meta = json.loads(config.read_text())
+    config.write_text(json.dumps({**meta, "class_names": ["ant", "bee"]}))  # from another save
+    with pytest.raises(ConfigError, match=r"fc\.weight is \(3, 512\) in the file, \(2, 512\) in the model"):
+        inference.load_classifier(copy)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from transfer_utils import models
-from transfer_utils.errors import AssetUnavailableError, ConfigError
+from transfer_utils.errors import AssetUnavailableError, ChecksumMismatchError, ConfigError, DamagedFileError
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +108,29 @@ def test_missing_weights_without_the_switch_is_an_actionable_error(tmp_path, mon
     monkeypatch.setattr(torch.hub, "urlopen", no_network, raising=False)
     with pytest.raises(AssetUnavailableError, match="offline=True"):
         models.create_backbone("resnet18", offline=False)
+
+
+@pytest.mark.parametrize("damage", ["cut short", "overwritten"])
+def test_damaged_cached_weights_are_named(tmp_path, monkeypatch, damage: str) -> None:
+    """A cached weights file damaged since its download: an error naming it, offline or not, not a raw
+    unpickling error."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(models.create_backbone("resnet18", pretrained=False).model.state_dict(), cached)
+    good = cached.read_bytes()
+    cached.write_bytes(good[: len(good) // 2] if damage == "cut short" else bytes(len(good)))
+    for offline in (True, False):
+        with pytest.raises(ChecksumMismatchError, match=f"(?s){cached} has sha256 .*Delete it and run again"):
+            models.create_backbone("resnet18", offline=offline)
+
+
+def test_a_damaged_cached_timm_snapshot_is_named(tmp_path, monkeypatch) -> None:
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"__metadata__\":")  # a header cut short
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *a, **k: str(weights))  # "cached"
+    with pytest.raises(DamagedFileError, match="pretrained weights of 'tf_efficientnet_lite0' .*damaged.*seed"):
+        models.create_backbone("tf_efficientnet_lite0", offline=True)
 
 
 def test_unknown_models_are_rejected() -> None:

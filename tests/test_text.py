@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from transfer_utils import evaluate, features, models, recipes, text
-from transfer_utils.errors import ConfigError, DataError
+from transfer_utils.errors import ConfigError, DamagedFileError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +165,39 @@ def test_load_refuses_what_it_should_not_unpickle(shipped: Path, tmp_path: Path)
     (shipped / "model.safetensors").rename(shipped / "pytorch_model.bin")
     with pytest.raises(DataError, match="refusing to unpickle"):
         text.load_text_classifier(shipped)
+
+
+def _drop_the_head(weights: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(weights)
+    del state["classifier.weight"]
+    save_file(state, weights, metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("damage, file, message", [
+    ("weights cut short", "model.safetensors", "is damaged"),
+    ("weights without the head", "model.safetensors", "lacks 1 of the tensors config.json describes"),
+    ("settings cut short", "text_classifier.json", "is damaged"),
+    ("settings with a third label", "text_classifier.json", "names 3 labels but the model has 2 outputs"),
+    ("tokenizer cut short", "", "tokenizer files in .* are damaged"),
+])
+def test_a_damaged_text_classifier_is_named(shipped: Path, damage: str, file: str, message: str) -> None:
+    if damage == "weights cut short":
+        (shipped / file).write_bytes((shipped / file).read_bytes()[:5000])
+    elif damage == "weights without the head":
+        _drop_the_head(shipped / file)  # transformers alone would start the head from random values
+    elif damage == "settings cut short":
+        (shipped / file).write_text((shipped / file).read_text()[:25])
+    elif damage == "settings with a third label":
+        meta = json.loads((shipped / file).read_text())
+        (shipped / file).write_text(json.dumps({**meta, "label_names": ["negative", "positive", "mixed"]}))
+    else:
+        tokenizer = shipped / "tokenizer.json"
+        tokenizer.write_bytes(tokenizer.read_bytes()[:2000])
+    with pytest.raises(DamagedFileError, match=f"{shipped / file if file else ''}.*{message}") as info:
+        text.load_text_classifier(shipped)
+    assert "save_text_classifier" in str(info.value)
 
 
 def test_save_checks_label_names(tok, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from transfer_utils import evaluate, train
-from transfer_utils.errors import ConfigError, DataError
+from transfer_utils.errors import ConfigError, DamagedFileError, DataError
 
 
 def _data(n: int = 96, seed: int = 0) -> TensorDataset:
@@ -99,9 +99,96 @@ def test_checkpoint_of_another_model_is_rejected(tmp_path: Path) -> None:
     model, opt, _, loader = _setup()
     train.fit(model, loader, epochs=1, optimizer=opt, checkpoint_dir=tmp_path, progress=False)
     other = nn.Linear(8, 3)
-    with pytest.raises(ConfigError, match="does not fit this model"):
+    with pytest.raises(ConfigError, match="does not fit this model") as info:
         train.fit(other, loader, epochs=2, optimizer=torch.optim.SGD(other.parameters(), lr=0.1),
                   checkpoint_dir=tmp_path, progress=False)
+    # The message names the file and what differs, not just "Error(s) in loading state_dict".
+    assert "last.safetensors" in str(info.value) and "missing from the file: weight, bias" in str(info.value)
+    wider = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 2))
+    before = {k: v.clone() for k, v in wider.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"0\.weight is \(16, 8\) in the file, \(32, 8\) in the model"):
+        train.fit(wider, loader, epochs=2, optimizer=torch.optim.SGD(wider.parameters(), lr=0.1),
+                  checkpoint_dir=tmp_path, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in wider.state_dict().items())
+
+
+def _trained_run(folder: Path) -> tuple[dict[str, torch.Tensor], bytes]:
+    """One epoch with checkpoints in ``folder``; return the weights and the bytes of last.safetensors."""
+    model, opt, _, loader = _setup()
+    train.fit(model, loader, val_loader=loader, epochs=1, optimizer=opt, checkpoint_dir=folder, progress=False)
+    return {k: v.clone() for k, v in model.state_dict().items()}, (folder / "last.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("keep", [0, 8, 100, 0.5, -1])
+def test_a_truncated_checkpoint_is_named_with_the_way_out(tmp_path: Path, keep: float) -> None:
+    weights, good = _trained_run(tmp_path)
+    last = tmp_path / "last.safetensors"
+    last.write_bytes(good[: int(len(good) * keep) if isinstance(keep, float) else keep])
+    with pytest.raises(DamagedFileError, match="last.safetensors is damaged") as info:
+        train.load_checkpoint(last)
+    assert info.value.path == last
+    model, opt, _, loader = _setup(seed=5)
+    untouched = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(DamagedFileError, match="Cannot resume") as info:
+        train.fit(model, loader, epochs=2, optimizer=opt, checkpoint_dir=tmp_path, progress=False)
+    assert "best.safetensors" in str(info.value) and "resume=False" in str(info.value)
+    assert all(torch.equal(untouched[k], v) for k, v in model.state_dict().items())
+    # The way out the message names works: the best weights load, and resume=False starts over.
+    train.load_checkpoint(tmp_path / "best.safetensors", model)
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    history = train.fit(model, loader, epochs=1, optimizer=opt, checkpoint_dir=tmp_path, resume=False, progress=False)
+    assert len(history.epochs) == 1 and "history" in train.load_checkpoint(last)
+
+
+def _rewrite_metadata(path: Path, change) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(path, framework="pt") as f:
+        meta = dict(f.metadata())
+    save_file(load_file(path), path, metadata=change(meta))
+
+
+@pytest.mark.parametrize("damage", ["no history", "no optimizer", "optimizer cut", "progress cut", "no metadata"])
+def test_a_checkpoint_with_a_damaged_training_state_is_named(tmp_path: Path, damage: str) -> None:
+    _trained_run(tmp_path)
+    last = tmp_path / "last.safetensors"
+    changes = {
+        "no history": lambda m: {k: v for k, v in m.items() if k != "history"},
+        "no optimizer": lambda m: {k: v for k, v in m.items() if k != "optimizer"},
+        "optimizer cut": lambda m: {**m, "optimizer": m["optimizer"][:-7]},
+        "progress cut": lambda m: {**m, "progress": m["progress"][:-3]},
+        "no metadata": lambda m: {},
+    }
+    _rewrite_metadata(last, changes[damage])
+    model, opt, _, loader = _setup(seed=5)
+    untouched = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(DamagedFileError, match="last.safetensors is damaged or was not written by fit"):
+        train.fit(model, loader, epochs=2, optimizer=opt, checkpoint_dir=tmp_path, progress=False)
+    assert all(torch.equal(untouched[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_optimizer_state_of_another_optimizer_is_named(tmp_path: Path) -> None:
+    _trained_run(tmp_path)
+    model, _, _, loader = _setup()
+    two_groups = torch.optim.SGD([{"params": model[0].parameters()}, {"params": model[3].parameters()}], lr=0.1)
+    with pytest.raises(ConfigError, match="optimizer state in .*last.safetensors does not fit this optimizer"):
+        train.fit(model, loader, epochs=2, optimizer=two_groups, checkpoint_dir=tmp_path, progress=False)
+
+
+def test_save_checkpoint_is_atomic(tmp_path: Path, monkeypatch) -> None:
+    weights, good = _trained_run(tmp_path)
+    last = tmp_path / "last.safetensors"
+
+    def disk_full(tensors, path, metadata=None):  # type: ignore[no-untyped-def]
+        Path(path).write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train, "save_file", disk_full)
+    model, opt, _, loader = _setup(seed=3)
+    with pytest.raises(OSError, match="No space left"):
+        train.save_checkpoint(last, model, optimizer=opt.state_dict())
+    assert last.read_bytes() == good, "a failed save must leave the previous checkpoint as it was"
+    assert not list(tmp_path.glob("*.part")), "a failed save must not leave a .part file behind"
 
 
 def test_early_stopping(tmp_path: Path) -> None:

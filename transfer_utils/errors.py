@@ -40,3 +40,14 @@ class LaunchError(TransferUtilsError, RuntimeError):
 
 class LaunchTimeoutError(LaunchError, TimeoutError):
     """A launched run did not finish in time; it was stopped, all its processes killed."""
+
+
+class DamagedFileError(DataError):
+    """A file on disk (a checkpoint, a saved model) is truncated, corrupt or incomplete.
+
+    The message names the file and says how to recover; ``path`` holds it.
+    """
+
+    def __init__(self, message: str, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path

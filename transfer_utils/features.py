@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,19 +69,42 @@ def _cache_path(cache_dir: Path, tag: str, key: str) -> Path:
     return Path(cache_dir) / f"{tag}-{key[:16]}.safetensors"
 
 
+def _read_cache(path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The ``(x, y)`` stored at ``path`` for ``key``; ``None`` (with a warning) if the file cannot be used."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        stored = load_file(path)
+        with safe_open(path, framework="pt") as f:
+            stored_key = (f.metadata() or {}).get("key")
+        x, y = stored["x"], stored["y"]
+        if stored_key != key or x.shape[:1] != y.shape:
+            raise ValueError("it holds other features" if stored_key != key else "x and y differ in length")
+    except (SafetensorError, OSError, KeyError, ValueError) as err:
+        warnings.warn(f"the cache file {path} is damaged ({err}); recomputing it and overwriting the file",
+                      stacklevel=4)
+        return None
+    return x, y
+
+
 def _load_or_compute(cache_dir: str | Path | None, tag: str, key: str, compute) -> Features:  # type: ignore[no-untyped-def]
+    """Read ``(x, y)`` for ``key`` from the cache, or ``compute()`` and store them (atomically).
+    A cache file that cannot be read is a cache miss: it is recomputed and overwritten, with a warning."""
     start = time.perf_counter()
     if cache_dir is not None:
         path = _cache_path(Path(cache_dir), tag, key)
-        if path.is_file():
-            stored = load_file(path)
-            return Features(stored["x"], stored["y"], key, True, time.perf_counter() - start)
+        stored = _read_cache(path, key) if path.is_file() else None
+        if stored is not None:
+            return Features(*stored, key, True, time.perf_counter() - start)
     x, y = compute()
     if cache_dir is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         part = path.with_name(path.name + ".part")
-        save_file({"x": x.contiguous(), "y": y.contiguous()}, part, metadata={"key": key, "tag": tag})
-        part.replace(path)
+        try:
+            save_file({"x": x.contiguous(), "y": y.contiguous()}, part, metadata={"key": key, "tag": tag})
+            part.replace(path)
+        finally:
+            part.unlink(missing_ok=True)
     return Features(x, y, key, False, time.perf_counter() - start)
 
 

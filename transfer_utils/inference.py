@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .data import Preprocessing, load_image
-from .errors import ConfigError
+from .errors import ConfigError, DamagedFileError
 from .models import FrozenBackboneClassifier, attach_head, check_head, create_backbone, replace_head
 
 FORMAT_VERSION = 1
@@ -100,8 +100,22 @@ def load_classifier(directory: str | Path, device: torch.device | str = "cpu") -
         architecture, class_names = meta["architecture"], list(meta["class_names"])
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ConfigError(f"{config} is damaged or from another program ({err!r}); save the model again") from None
+    from safetensors import SafetensorError
+
+    from .train import _state_mismatch
+
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError) as err:
+        raise DamagedFileError(f"{weights} is damaged ({err}): it was cut short or overwritten. Copy the folder "
+                               "again, or save the model again with save_classifier.", weights) from None
     model = replace_head(create_backbone(architecture, pretrained=False).model, len(class_names))
-    model.load_state_dict(load_file(weights))
+    differences = _state_mismatch(state, model)
+    if differences:
+        raise ConfigError(f"{weights} does not fit the {architecture} with {len(class_names)} classes that {config} "
+                          f"describes ({differences}): the two files come from different saves. Save the model "
+                          "again with save_classifier.")
+    model.load_state_dict(state)
     return Classifier(model.eval().to(device), architecture, class_names, preprocessing)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from torch import nn
 
 from . import assets
 from .data import Preprocessing
-from .errors import AssetUnavailableError, ChecksumMismatchError, ConfigError
+from .errors import AssetUnavailableError, ChecksumMismatchError, ConfigError, DamagedFileError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -184,14 +185,26 @@ def create_backbone(name: str, *, pretrained: bool = True, offline: bool = False
         sub = create_backbone(used, pretrained=True, offline=True)
         sub.requested = name
         return sub
+    from safetensors import SafetensorError
+
     asset = assets.MODELS[name]
+    where = (assets.torch_checkpoint_dir() / asset.canonical.rsplit("/", 1)[-1] if asset.library == "torchvision"
+             else f"the Hugging Face cache ({assets.hf_hub_cache() / ('models--' + asset.canonical.replace('/', '--'))})")
+    if pretrained and asset.library == "torchvision" and isinstance(where, Path) and where.is_file():
+        # torch.hub checks the hash only while downloading; a file damaged since would fail to unpickle
+        assets.verify_file(where, asset.sha256, f"cached weights of {name!r}",
+                           "Delete it and run again: online it is downloaded again, offline the registered "
+                           f"substitute {asset.offline_substitute!r} is used.")
     try:
         if asset.library == "torchvision":
             return _torchvision_backbone(name, pretrained, offline)
         return _timm_backbone(name, pretrained, offline)
+    except SafetensorError as err:  # a cached weights file cut short or overwritten
+        raise DamagedFileError(
+            f"the cached pretrained weights of {name!r} in {where} cannot be read ({err}): the file is damaged. "
+            "Run python -m transfer_utils.assets seed to restore the offline copy, or delete that folder and "
+            "run again with internet access.", where) from err
     except OSError as err:  # URLError, connection errors and missing cache files all derive from it
-        where = (assets.torch_checkpoint_dir() / asset.canonical.rsplit("/", 1)[-1] if asset.library == "torchvision"
-                 else f"the Hugging Face cache ({assets.hf_hub_cache()})")
         raise AssetUnavailableError(
             f"could not load the pretrained weights of {name!r} ({err}).\n"
             f"  - with internet access, run again (the download resumes from scratch, atomically);\n"

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .data import as_labels, ensure_text
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DamagedFileError, DataError
 from .features import mean_pool
 from .train import to_device
 
@@ -308,14 +308,48 @@ def load_text_classifier(directory: str | Path, device: torch.device | str = "cp
     if not (directory / "model.safetensors").is_file():
         raise DataError(f"{directory} has no model.safetensors; refusing to unpickle other weight files. "
                         "Re-save the model with save_text_classifier() (it writes safetensors).")
-    meta = json.loads(meta_path.read_text())
-    model = AutoModelForSequenceClassification.from_pretrained(directory, local_files_only=True,
-                                                               use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    again = "Copy the folder again, or save the model again with save_text_classifier()."
+    try:
+        meta = json.loads(meta_path.read_text())
+        label_names, max_length = tuple(meta["label_names"]), int(meta["max_length"])
+        truncation = meta["truncation"]
+        if truncation not in TRUNCATION_STRATEGIES:
+            raise ValueError(f"truncation {truncation!r} is not one of {TRUNCATION_STRATEGIES}")
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise DamagedFileError(f"{meta_path} is damaged ({type(err).__name__}: {err}). {again}", meta_path) from None
+    from safetensors import SafetensorError
+
+    try:
+        model, loading = AutoModelForSequenceClassification.from_pretrained(
+            directory, local_files_only=True, use_safetensors=True, output_loading_info=True,
+            ignore_mismatched_sizes=True)  # reported in ``loading`` and refused below, with names
+    except SafetensorError as err:
+        weights = directory / "model.safetensors"
+        raise DamagedFileError(f"{weights} is damaged ({err}): it was cut short or overwritten. {again}",
+                               weights) from None
+    except (OSError, ValueError) as err:  # e.g. config.json is not valid JSON
+        raise DamagedFileError(f"{directory}: config.json and model.safetensors cannot be loaded together "
+                               f"({str(err).splitlines()[0]}). {again}", directory) from None
+    missing = sorted(loading["missing_keys"]) + [  # (name, shape in the file, shape config.json implies)
+        f"{m[0]} is {tuple(m[1])} in the file, {tuple(m[2])} in config.json" if isinstance(m, tuple) else str(m)
+        for m in sorted(loading["mismatched_keys"])]
+    if missing:  # transformers would start these weights from random values and only log it
+        raise DamagedFileError(f"{directory / 'model.safetensors'} lacks {len(missing)} of the tensors config.json "
+                               f"describes, or holds them in another shape ({'; '.join(missing[:4])}). "
+                               f"{again}", directory / "model.safetensors")
+    if len(label_names) != model.config.num_labels:
+        raise DamagedFileError(f"{meta_path} names {len(label_names)} labels but the model has "
+                               f"{model.config.num_labels} outputs: the files come from different saves. {again}",
+                               meta_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as err:  # e.g. tokenizer.json is not valid JSON
+        raise DamagedFileError(f"the tokenizer files in {directory} are damaged ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0]}). {again}", directory) from None
     device = torch.device(device)
-    return TextClassifier(model=model.eval().to(device), tokenizer=tokenizer,
-                          label_names=tuple(meta["label_names"]), max_length=int(meta["max_length"]),
-                          truncation=meta["truncation"], base_model=meta.get("base_model", ""), device=device)
+    return TextClassifier(model=model.eval().to(device), tokenizer=tokenizer, label_names=label_names,
+                          max_length=max_length, truncation=truncation, base_model=meta.get("base_model", ""),
+                          device=device)
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import check_labels
-from .errors import ConfigError
+from .errors import ConfigError, DamagedFileError
 from .models import frozen_batchnorm_eval
 
 
@@ -130,38 +130,116 @@ def save_checkpoint(path: str | Path, model: nn.Module, **states: Any) -> Path:
         tensors.update(extra)
         metadata[name] = json.dumps(skeleton)
     part = path.with_name(path.name + ".part")
-    save_file(tensors, part, metadata=metadata)
-    part.replace(path)
+    try:
+        save_file(tensors, part, metadata=metadata)
+        part.replace(path)  # atomic: ``path`` is the old file or the new one, never half of either
+    finally:
+        part.unlink(missing_ok=True)
     return path
+
+
+def _state_mismatch(weights: Mapping[str, torch.Tensor], model: nn.Module) -> str:
+    """What differs between saved ``weights`` and ``model``'s state dict ("" when they fit)."""
+    expected = model.state_dict()
+    problems = [f"{k} is {tuple(weights[k].shape)} in the file, {tuple(v.shape)} in the model"
+                for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+    missing = [k for k in expected if k not in weights]
+    extra = [k for k in weights if k not in expected]
+
+    def names(keys: list[str]) -> str:
+        return ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+
+    if missing:
+        problems.append(f"missing from the file: {names(missing)}")
+    if extra:
+        problems.append(f"not in the model: {names(extra)}")
+    return "; ".join(problems[:6])
 
 
 def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint`; restore ``model`` in place if given.
 
-    Returns the extra states (decoded) by name; ``"model"`` holds the raw weights.
+    Returns the extra states (decoded) by name; ``"model"`` holds the raw weights. A file that is
+    cut short or corrupt raises :class:`~transfer_utils.errors.DamagedFileError` naming it; weights
+    of another architecture raise :class:`~transfer_utils.errors.ConfigError` saying what differs.
     """
-    from safetensors import safe_open
-
     path = Path(path)
-    tensors = load_file(path)
-    with safe_open(path, framework="pt") as f:
-        metadata = f.metadata() or {}
-    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    state = _read_checkpoint(path, "Delete it and train again, or load another checkpoint.")
     if model is not None:
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as err:
-            raise ConfigError(
-                f"the checkpoint {path} does not fit this model ({str(err).splitlines()[0]}). "
-                "It was saved from a different architecture or head: delete it or use another checkpoint_dir."
-            ) from None
-    out: dict[str, Any] = {"model": weights}
+        _restore_weights(path, state["model"], model)
+    return state
+
+
+def _read_checkpoint(path: Path, remedy: str) -> dict[str, Any]:
+    """Every state in the checkpoint ``path``, decoded; ``remedy`` ends the message of a damaged file."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise ConfigError(f"there is no checkpoint {path}: check the path (fit writes last.safetensors "
+                          "and best.safetensors into its checkpoint_dir)")
+    try:
+        tensors = load_file(path)
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise DamagedFileError(f"the checkpoint {path} is damaged ({err}): it was cut short (a full disk, an "
+                               f"interrupted copy or sync) or overwritten. {remedy}", path) from None
+    out: dict[str, Any] = {"model": {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}}
     for name, text in metadata.items():
         try:
-            out[name] = _join_state(json.loads(text), tensors)
+            skeleton = json.loads(text)
         except json.JSONDecodeError:
-            out[name] = text
+            out[name] = text  # a plain string state, saved as it was
+            continue
+        try:
+            out[name] = _join_state(skeleton, tensors)
+        except (KeyError, TypeError, ValueError) as err:
+            raise DamagedFileError(f"the checkpoint {path} is damaged: its {name!r} state refers to a tensor "
+                                   f"it does not hold ({err}). {remedy}", path) from None
     return out
+
+
+def _restore_weights(path: Path, weights: dict[str, torch.Tensor], model: nn.Module, check_only: bool = False) -> None:
+    """Load ``weights`` (read from ``path``) into ``model``, or say exactly why they do not fit."""
+    differences = _state_mismatch(weights, model)
+    if differences:
+        raise ConfigError(f"the checkpoint {path} does not fit this model: {differences}. It was saved from a "
+                          "different architecture or head: delete it or use another checkpoint_dir.")
+    if not check_only:
+        model.load_state_dict(weights)
+
+
+def _resume(last: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+            scaler: torch.amp.GradScaler | None) -> tuple[History, float, int]:
+    """Restore a run from ``last``: the model, optimizer, scheduler and scaler in place; return
+    the history and the early-stopping progress. A damaged or foreign file stops with advice,
+    before anything is changed."""
+    best = last.with_name("best.safetensors")
+    remedy = ("Cannot resume. "
+              + (f"The best weights so far are in {best}: load_checkpoint({str(best)!r}, model). " if best.is_file()
+                 else "")
+              + "To start over, pass another checkpoint_dir, or resume=False (which overwrites this folder).")
+    state = _read_checkpoint(last, remedy)
+    try:
+        history = History.from_dict(state["history"])
+        best_acc, since_best = float(state["progress"]["best_acc"]), int(state["progress"]["since_best"])
+        if not isinstance(state["optimizer"], dict):
+            raise TypeError("the optimizer state is not a dict")
+    except (KeyError, TypeError, ValueError) as err:
+        raise DamagedFileError(f"the checkpoint {last} is damaged or was not written by fit: its training state "
+                               f"is incomplete ({type(err).__name__}: {err}). {remedy}", last) from None
+    _restore_weights(last, state["model"], model, check_only=True)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ConfigError(f"the optimizer state in {last} does not fit this optimizer ({err}): it was saved "
+                          f"with other parameter groups or another optimizer class. {remedy}") from None
+    _restore_weights(last, state["model"], model)
+    if scheduler is not None and "scheduler" in state:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    return history, best_acc, since_best
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,15 +367,8 @@ def fit(
     history, start_epoch, best_acc, since_best = History(), 0, -1.0, 0
     last = Path(checkpoint_dir) / "last.safetensors" if checkpoint_dir is not None else None
     if last is not None and resume and last.is_file():
-        state = load_checkpoint(last, model)
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and "scheduler" in state:
-            scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        history = History.from_dict(state["history"])
+        history, best_acc, since_best = _resume(last, model, optimizer, scheduler, scaler)
         start_epoch = len(history.epochs)
-        best_acc, since_best = float(state["progress"]["best_acc"]), int(state["progress"]["since_best"])
         print(f"[fit] resumed from {last} after epoch {start_epoch}/{epochs}")  # never silent
         if history.stopped_early:
             return history
