@@ -567,7 +567,8 @@ def fetch_dataset(name: str, *, offline: bool = False, force: bool = False) -> P
         if not downloaded:
             raise
         archive.unlink(missing_ok=True)  # a wrong download, kept, would be reused by every later call
-        raise ChecksumMismatchError(f"{err}\nThe downloaded file was not the registered archive and was deleted: "
+        detail = str(err).replace(f" {remedy}.", "").replace(f"{archive}: ", "")
+        raise ChecksumMismatchError(f"{archive} is not a usable {asset.name} archive ({detail}). It was deleted: "
                                     "run again, or provide the archive as below.\n" + _how_to_provide(asset, archives)
                                     ) from None
     finally:
