@@ -130,6 +130,14 @@ def test_fine_tuning_results(executed_notebooks: dict[str, Path]) -> None:
     # Forgetting: restoring BatchNorm statistics recovers much of it; in the weights, the aggressive
     # run forgets most and L2-SP least.
     assert num["forget_recipe_restored"] > num["forget_recipe_agree"]
+    # The probe's agreement and accuracy move in steps of one photo (1/n), as the prose says.
+    n = num["probe_n"]
+    assert n >= 10 and num["probe_step"] == pytest.approx(1 / n)
+    for key in ("forget_aggr_agree", "forget_recipe_agree", "forget_l2sp_agree", "probe_original_acc"):
+        assert num[key] * n == pytest.approx(round(num[key] * n)), key
+    # Gradient accumulation does not reproduce a large batch under BatchNorm in train() mode;
+    # in eval() mode (stored statistics) it does, to rounding.
+    assert num["accum_gap_train"] > 1e-2 and num["accum_gap_eval"] < 1e-5
     assert num["forget_aggr_kl_restored"] > num["forget_recipe_kl_restored"] > num["forget_l2sp_kl_restored"]
     assert glued["resume_identical"] == "True"
 
@@ -137,9 +145,22 @@ def test_fine_tuning_results(executed_notebooks: dict[str, Path]) -> None:
 @pytest.mark.notebooks
 def test_positive_and_negative_transfer_results(executed_notebooks: dict[str, Path]) -> None:
     nb = nbformat.read(executed_notebooks["01_when_transfer_helps.ipynb"], as_version=4)
-    glued = {k: float(v) for k, v in read_glued(nb).items()}
+    raw = read_glued(nb)
+    glued = {k: float(v) for k, v in raw.items() if v not in ("True", "False")}
     assert glued["tl_small_n"] == 64 and glued["tl_gain_small"] > 0.02      # positive transfer, few labels
     assert glued["tl_loss_large"] > 0.05                                       # negative transfer, many labels
+    # "Frozen" weights: frozen before their first backward they never move; frozen after training
+    # steps, a zeroed (not None) gradient lets AdamW's momentum (even without weight decay) move them.
+    assert glued["frozen_drift_before"] == 0.0 and glued["frozen_drift_set_to_none"] == 0.0
+    assert glued["frozen_drift_after"] > 0.01 and glued["frozen_drift_momentum"] > 0.01
+    # BatchNorm statistics move in train() mode with every parameter frozen, not in eval() mode.
+    assert glued["bn_frozen_train_shift"] > 0.01 and glued["bn_frozen_eval_shift"] == 0.0
+    # The write-ups' "VGG16": eight pools, so Linear(64*7*7) needs a 1792-px input.
+    assert glued["seed_pools"] == 8 and glued["seed_fit_side"] == 1792
+    # The BCE as written rewards a confident mistake; the correct one charges -log(0.1).
+    assert glued["bce_written_mistake"] < 0 < glued["bce_correct_mistake"]
+    # from_pretrained returns a model in eval() mode.
+    assert raw["from_pretrained_training"] == "False"
 
 
 @pytest.mark.notebooks
