@@ -247,7 +247,11 @@ def test_applications_results(executed_notebooks: dict[str, Path]) -> None:
     glued = read_glued(nb)
     num = {k: float(v) for k, v in glued.items() if k.replace("_", "").isalnum() and _is_number(v)}
     assert num["da_so_source"] > num["da_so_target"] + 0.1        # the domain gap is real
-    assert 0 <= num["dann_target"] <= 1 and 0 <= num["adabn_target"] <= 1
+    # What the prose says of the two methods: DANN's discriminator still tells the domains apart
+    # (0.5 would be invariant features), and AdaBN done halfway (target statistics under a head
+    # trained with ImageNet statistics) is worse than AdaBN done right.
+    assert num["dann_disc"] > 0.6
+    assert num["adabn_half"] < num["adabn_target"]
     assert num["adabn_layers"] > 10                                # every BatchNorm of the backbone
     assert num["kd_teacher"] > num["kd_acc"] and num["kd_size_ratio"] > 10
     assert num["fs_img5_proto"] > num["fs_img1_proto"] > 1 / 17 + 0.1
