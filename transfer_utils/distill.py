@@ -20,9 +20,12 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
                       temperature: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
     r"""``alpha * T² * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``, batch-averaged.
 
-    The ``T²`` keeps the soft term's gradients the same size whatever the temperature (they
-    scale as ``1/T``; chapter 2 derives it). ``labels=None`` (or ``alpha=1``) is pure distillation,
-    e.g. on unlabelled transfer data.
+    The ``T²`` keeps the soft term's gradients the same size whatever the temperature. With
+    ``p = softmax(s/T)`` and ``q = softmax(t/T)``, the KL's gradient with respect to the student's
+    logits ``s`` is ``(p - q) / T``, and at high ``T`` the difference ``p - q`` is itself about
+    ``(s - t) / (K T)`` for ``K`` classes (logits centred), so without the factor the
+    gradient falls off like ``1/T²``; with it, it tends to ``(s - t) / K`` (chapter 2 measures it).
+    ``labels=None`` (or ``alpha=1``) is pure distillation, e.g. on unlabelled transfer data.
     """
     if temperature <= 0:
         raise ConfigError(f"temperature must be positive, got {temperature}")
