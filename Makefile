@@ -92,6 +92,7 @@ CVENV  := .venv-compat-$(COMPAT)
 CHAPTERS_COMPAT ?= 03_feature_extraction.ipynb 04_fine_tuning.ipynb 06_bert_case_study.ipynb
 test-compat: assets
 	test -x $(CVENV)/bin/python || $(PYTHON) -m venv $(CVENV)
+	$(CVENV)/bin/python -m pip install --quiet --upgrade pip "setuptools>=77"
 	$(CVENV)/bin/python -m pip install --quiet -r compat/$(COMPAT).txt pytest==9.2.0 papermill==2.7.0 \
 	  ipykernel==7.4.0 nbformat pyyaml scipy
 	$(CVENV)/bin/python -m pip install --quiet --no-deps -r requirements-assets.txt
