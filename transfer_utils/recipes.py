@@ -101,6 +101,7 @@ def finetune(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | No
         group["weight_decay"] = 0.0 if start is not None else cfg.weight_decay
     optimizer = torch.optim.AdamW(groups)
 
+    # The Trainer's schedules (transformers.get_scheduler), stepped after every optimizer step.
     total = cfg.epochs * len(train_loader)
     warmup = int(cfg.warmup_fraction * total)
     if cfg.decay == "cosine":
@@ -108,7 +109,7 @@ def finetune(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | No
     elif cfg.decay == "linear":
         scheduler = schedules.warmup_linear(optimizer, warmup, total)
     else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        scheduler = schedules.warmup_constant(optimizer, warmup)
 
     ce = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     if start is not None:
