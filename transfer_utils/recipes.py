@@ -96,9 +96,9 @@ def finetune(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | No
                  if cfg.gradual_unfreeze_every is not None else None)
     # L2-SP replaces the decay towards zero; it needs the starting point of every weight.
     start = regularization.snapshot(model) if cfg.l2sp_alpha is not None else None
-    groups = models.param_groups(model, stage_learning_rates(model, cfg), include_frozen=unfreezer is not None)
-    for group in groups:
-        group["weight_decay"] = 0.0 if start is not None else cfg.weight_decay
+    # Weight decay spares biases and normalisation weights, as the Trainer and timm do.
+    groups = models.param_groups(model, stage_learning_rates(model, cfg), include_frozen=unfreezer is not None,
+                                 weight_decay=0.0 if start is not None else cfg.weight_decay)
     optimizer = torch.optim.AdamW(groups)
 
     # The Trainer's schedules (transformers.get_scheduler), stepped after every optimizer step.
