@@ -32,3 +32,7 @@ class DataError(TransferUtilsError, ValueError):
 
 class ConfigError(TransferUtilsError, ValueError):
     """An argument combination that cannot work (e.g. head size != number of classes)."""
+
+
+class NonFiniteLossError(TransferUtilsError, FloatingPointError):
+    """The loss became NaN or infinite; training stopped before that batch changed any weight."""
