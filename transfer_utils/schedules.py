@@ -3,16 +3,16 @@
 * :func:`warmup_cosine` — linear warm-up, then cosine decay to zero (per optimizer step).
 * :func:`warmup_linear` — linear warm-up, then linear decay to zero (BERT's schedule).
 * :func:`warmup_constant` — linear warm-up, then a constant rate.
-
-The three are ``transformers.get_scheduler``'s schedules, not re-implementations: the factor at
-step ``s`` of a warm-up over ``w`` steps is ``s / w`` (0 for the first update), exactly as in the
-Hugging Face ``Trainer``.
 * :class:`GradualUnfreezer` — ULMFiT's gradual unfreezing: start with only the head trainable
   and unfreeze one more stage, from the top down, every ``every`` epochs.
 
+The three schedules are ``transformers.get_scheduler``'s, not re-implementations: the factor at
+step ``s`` of a warm-up over ``w`` steps is ``s / w`` (0 for the first update), exactly as in the
+Hugging Face ``Trainer``.
+
 Example::
 
-    groups = models.param_groups(model, lrs, include_frozen=True)
+    groups = models.param_groups(model, lrs, include_frozen=True, weight_decay=1e-2)
     opt = torch.optim.AdamW(groups)
     sched = warmup_cosine(opt, warmup_steps=50, total_steps=len(loader) * epochs)
     fit(model, loader, optimizer=opt, scheduler=sched, scheduler_interval="step",
