@@ -189,3 +189,56 @@ def test_attach_head_folds_a_binary_logistic_regression_and_the_standardisation(
         models.attach_head(lite, "not a head")
     with pytest.raises(ConfigError, match="takes 10 features"):
         models.attach_head(lite, nn.Linear(10, 2))
+
+
+def _decay_by_param(groups: list[dict]) -> dict[int, float]:
+    """``{id(param): weight_decay}`` of a list of optimizer groups."""
+    return {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+
+
+def test_weight_decay_spares_biases_and_batchnorm_as_timm_does() -> None:
+    import timm.optim
+
+    model = models.replace_head(models.create_backbone("resnet18", pretrained=False).model, 3)  # all trainable
+    lrs = {"stem": 1e-5, "layer1": 2e-5, "layer2": 3e-5, "layer3": 4e-5, "layer4": 5e-5, "head": 1e-3}
+    groups = models.param_groups(model, lrs, weight_decay=0.05)
+    ours = _decay_by_param(groups)
+    timm_rule = _decay_by_param(timm.optim.param_groups_weight_decay(model, 0.05))
+    assert ours == timm_rule and len(ours) == len(list(model.parameters()))
+    for name, p in model.named_parameters():
+        is_bias_or_norm = name.endswith(".bias") or ".bn" in name or "downsample.1" in name or name.startswith("bn")
+        assert ours[id(p)] == (0.0 if is_bias_or_norm else 0.05), name
+    # Discriminative learning rates survive the split: both halves of a stage keep its rate.
+    stage_of = {id(p): s for s, mods in models.stages(model).items() for m in mods for p in m.parameters()}
+    for g in groups:
+        assert {stage_of[id(p)] for p in g["params"]} == {g["name"].removesuffix(" (no decay)")}
+        assert g["lr"] == lrs[g["name"].removesuffix(" (no decay)")]
+    assert models.param_groups(model, lrs)[0].keys() == {"params", "lr", "name"}  # no split unless asked
+
+
+def test_weight_decay_spares_what_timm_lists_for_a_vit() -> None:
+    import timm
+    import timm.optim
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=16)
+    skip = models.no_weight_decay_names(vit)
+    assert {"pos_embed", "cls_token"} <= skip  # 3-D tensors, exempt only because the model says so
+    optimizer = timm.optim.create_optimizer_v2(vit, "adamw", lr=1e-3, weight_decay=0.05)
+    timm_skip = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert {id(p) for n, p in vit.named_parameters() if n in skip} == timm_skip
+
+
+def test_weight_decay_spares_biases_and_layernorm_as_the_trainer_does(tmp_path) -> None:
+    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+    cfg = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                     intermediate_size=32, num_labels=2)
+    clf = BertForSequenceClassification(cfg)
+    lrs = {"embeddings": 1e-5, "encoder.0": 2e-5, "encoder.1": 3e-5, "encoder.2": 4e-5, "head": 1e-4}
+    ours = _decay_by_param(models.param_groups(clf, lrs, weight_decay=0.01))
+    args = TrainingArguments(output_dir=str(tmp_path), weight_decay=0.01, use_cpu=True, report_to="none")
+    trainer_rule = _decay_by_param(Trainer(model=clf, args=args).create_optimizer().param_groups)
+    assert ours == trainer_rule and len(ours) == len(list(clf.parameters()))
+    for name, p in clf.named_parameters():
+        assert ours[id(p)] == (0.0 if name.endswith(".bias") or "LayerNorm" in name else 0.01), name
+    assert ours[id(clf.bert.embeddings.word_embeddings.weight)] == 0.01  # the Trainer decays embeddings

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torchvision
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.data import TensorDataset
 
 from transfer_utils import models, recipes
@@ -110,3 +114,67 @@ def test_resnet50_fine_tunes_its_last_stage_only() -> None:
     moved = {k.split(".")[0] for k, v in model.state_dict().items()
              if v.dtype.is_floating_point and not torch.equal(before[k], v)}
     assert moved == {"layer4", "fc"}
+
+
+@contextlib.contextmanager
+def _optimizer_steps(model: torch.nn.Module) -> Iterator[list[tuple[list[float], dict[str, float]]]]:
+    """Record, at every optimizer step of any optimizer over ``model``, each group's learning rate
+    and ``{parameter name: weight decay}``: what that update actually uses."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    steps: list[tuple[list[float], dict[str, float]]] = []
+
+    def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        steps.append(([g["lr"] for g in opt.param_groups],
+                      {names[id(p)]: g["weight_decay"] for g in opt.param_groups for p in g["params"]}))
+
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        yield steps
+    finally:
+        handle.remove()
+
+
+def test_finetune_and_the_trainer_use_the_same_rate_and_decay_at_every_step(tmp_path: Path) -> None:
+    """Chapter 6's claim: the plain loop and the Trainer, given the same settings, update with the
+    same learning rate at every step and decay the same parameters."""
+    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+    bert = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=32, num_labels=2)
+    g = torch.Generator().manual_seed(0)
+    ids, labels = torch.randint(0, 50, (40, 6), generator=g), torch.arange(40) % 2
+    recipe = recipes.FinetuneConfig(epochs=2, batch_size=4, head_lr=1e-3, backbone_lr=1e-3, lr_decay=1.0,
+                                    warmup_fraction=0.25, decay="linear", weight_decay=0.01, clip_grad_norm=1.0,
+                                    frozen_bn_eval=False)
+    steps = (40 // 4) * 2
+
+    plain_model = BertForSequenceClassification(bert)
+    with _optimizer_steps(plain_model) as plain:
+        recipes.finetune(plain_model, TensorDataset(ids, labels), None, recipe)
+    trainer_model = BertForSequenceClassification(bert)
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=4,
+                             learning_rate=1e-3, warmup_steps=int(recipe.warmup_fraction * steps),
+                             lr_scheduler_type="linear", weight_decay=0.01, max_grad_norm=1.0,
+                             dataloader_drop_last=True, use_cpu=True, save_strategy="no", logging_strategy="no",
+                             report_to="none", disable_tqdm=True)
+    rows = [{"input_ids": i, "labels": y} for i, y in zip(ids, labels)]
+    with _optimizer_steps(trainer_model) as hf:
+        Trainer(model=trainer_model, args=args, train_dataset=rows).train()
+
+    assert len(plain) == len(hf) == steps
+    plain_lrs = [lrs[0] for lrs, _ in plain]
+    assert all(set(lrs) == {lr} for (lrs, _), lr in zip(plain, plain_lrs))  # one rate for every group
+    assert plain_lrs == [lrs[0] for lrs, _ in hf]
+    assert plain_lrs[0] == 0.0 and max(plain_lrs) == 1e-3
+    assert plain[0][1] == hf[0][1]  # the same parameters decay, by the same amount
+
+
+def test_finetune_decays_no_bias_or_batchnorm_weight() -> None:
+    import timm.optim
+
+    model = _resnet()
+    with _optimizer_steps(model) as seen:
+        recipes.finetune(model, _data(8), None, recipes.FinetuneConfig(epochs=1, batch_size=4, weight_decay=0.05))
+    timm_rule = {n: g["weight_decay"] for g in timm.optim.param_groups_weight_decay(model, 0.05)
+                 for n, p in model.named_parameters() if any(p is q for q in g["params"])}
+    assert seen[0][1] == timm_rule and set(timm_rule.values()) == {0.0, 0.05}

@@ -13,19 +13,46 @@ from transfer_utils import models, schedules, train
 from transfer_utils.errors import ConfigError
 
 
-def test_warmup_cosine_shape() -> None:
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = schedules.warmup_cosine(opt, warmup_steps=4, total_steps=20, min_factor=0.1)
+def _lrs(sched: torch.optim.lr_scheduler.LRScheduler, steps: int) -> list[float]:
+    """The learning rate each of ``steps`` optimizer steps uses, stepping as the Trainer does."""
+    opt = sched.optimizer
     lrs = []
-    for _ in range(20):
+    for _ in range(steps):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+    return lrs
+
+
+def _sgd() -> torch.optim.Optimizer:
+    return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+
+
+@pytest.mark.parametrize(("ours", "warmup", "name", "kwargs"), [
+    (lambda o, w: schedules.warmup_linear(o, w, 20), 4, "linear", None),
+    (lambda o, w: schedules.warmup_linear(o, w, 20), 0, "linear", None),
+    (lambda o, w: schedules.warmup_cosine(o, w, 20), 4, "cosine", None),
+    (lambda o, w: schedules.warmup_cosine(o, w, 20, min_factor=0.1), 4, "cosine_with_min_lr", {"min_lr_rate": 0.1}),
+    (lambda o, w: schedules.warmup_constant(o, w), 4, "constant_with_warmup", None),
+    (lambda o, w: schedules.warmup_constant(o, w), 0, "constant_with_warmup", None),
+])
+def test_schedules_equal_transformers_at_every_step(ours, warmup, name, kwargs) -> None:
+    """The Trainer builds its schedule with get_scheduler: same optimizer, same steps, same rate
+    at every step (the first update of a warm-up uses 0, not 1/warmup)."""
+    from transformers import get_scheduler
+
+    reference = get_scheduler(name, _sgd(), num_warmup_steps=warmup, num_training_steps=20,
+                              scheduler_specific_kwargs=kwargs)
+    assert _lrs(ours(_sgd(), warmup), 22) == _lrs(reference, 22)
+
+
+def test_warmup_cosine_shape() -> None:
+    lrs = _lrs(schedules.warmup_cosine(_sgd(), warmup_steps=4, total_steps=20, min_factor=0.1), 20)
+    assert lrs[:5] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
     assert lrs[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * 15 / 16)).item()))
     with pytest.raises(ConfigError):
-        schedules.warmup_cosine(opt, warmup_steps=5, total_steps=5)
+        schedules.warmup_cosine(_sgd(), warmup_steps=5, total_steps=5)
 
 
 class Tiny(nn.Module):

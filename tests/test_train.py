@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from transfer_utils import evaluate, train
-from transfer_utils.errors import ConfigError, DamagedFileError, DataError
+from transfer_utils.errors import ConfigError, DamagedFileError, DataError, NonFiniteLossError
 
 
 def _data(n: int = 96, seed: int = 0) -> TensorDataset:
@@ -271,3 +272,57 @@ def test_fractional_labels_are_refused_and_whole_float_labels_train() -> None:
         evaluate.summarize(logits, torch.tensor([0, 1]))
     with pytest.raises(DataError, match=r"labels\[1\] is 0.5"):
         evaluate.summarize(logits, torch.tensor([0.0, 0.5, 1.0]))
+
+
+def test_a_nan_loss_leaves_the_weights_and_the_optimizer_as_before_that_batch() -> None:
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    loader = DataLoader(_data(32), batch_size=8)  # 4 batches
+    ce, calls, before = nn.CrossEntropyLoss(), [], {}
+
+    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 3:  # the third batch: snapshot everything, then return NaN
+            before["weights"] = {k: v.clone() for k, v in model.state_dict().items()}
+            before["optimizer"] = copy.deepcopy(opt.state_dict())
+            before["scheduler"] = sched.state_dict()
+            return ce(logits, labels) * float("nan")
+        return ce(logits, labels)
+
+    with pytest.raises(NonFiniteLossError, match="learning rate"):
+        train.fit(model, loader, epochs=1, optimizer=opt, loss_fn=loss_fn, scheduler=sched,
+                  scheduler_interval="step", progress=False)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before["weights"][name]), name  # bitwise: no NaN update got in
+    state = opt.state_dict()
+    assert [int(s["step"]) for s in state["state"].values()] == [2] * len(state["state"])
+    for key, s in state["state"].items():
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(s[name], before["optimizer"]["state"][key][name]), name
+    assert sched.state_dict() == before["scheduler"]
+
+
+def test_the_schedule_only_advances_when_the_optimizer_steps() -> None:
+    """With a float16 gradient scaler a step whose gradients are not finite is skipped; the Trainer
+    then does not step the schedule either, so each update still uses its own learning rate."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    scaler = torch.amp.GradScaler("cpu")
+    loader = DataLoader(_data(64), batch_size=8)  # 8 batches
+    ce, calls, updates = nn.CrossEntropyLoss(), [], []
+
+    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) in (2, 5):  # a finite loss whose gradient is NaN (0 * d sqrt(u)/du at u = 0)
+            return ce(logits, labels) + 0 * (logits.sum() - logits.sum()).sqrt()
+        return ce(logits, labels)
+
+    handle = opt.register_step_post_hook(lambda o, args, kwargs: updates.append(1))
+    train._run_epoch(model, loader, loss_fn, torch.device("cpu"), optimizer=opt, scaler=scaler,
+                     amp_dtype=None, clip_grad_norm=None, scheduler_per_step=sched, num_classes=None,
+                     desc="", progress=False)
+    handle.remove()
+    assert len(updates) == 6  # two of the eight steps were skipped
+    assert sched.last_epoch == 6

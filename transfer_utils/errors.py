@@ -51,3 +51,7 @@ class DamagedFileError(DataError):
     def __init__(self, message: str, path: object = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class NonFiniteLossError(TransferUtilsError, FloatingPointError):
+    """The loss became NaN or infinite; training stopped before that batch changed any weight."""

@@ -4,7 +4,7 @@
   (``tf_efficientnet_lite0``) image backbones with their own preprocessing; offline, an
   unavailable canonical checkpoint is replaced by its registered substitute, *printed*.
 * :func:`create_text_encoder` — a Hugging Face encoder and its tokenizer, same rules.
-* :func:`replace_head`, :func:`stages`, :func:`freeze`, :func:`param_groups`,
+* :func:`replace_head`, :func:`stages`, :func:`freeze`, :func:`param_groups`, :func:`no_weight_decay_names`,
   :func:`count_parameters` — the operations the fine-tuning chapters build on.
 
 Example::
@@ -17,6 +17,8 @@ Example::
 
 from __future__ import annotations
 
+import fnmatch
+import sys
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -442,29 +444,64 @@ def frozen_batchnorm_eval(model: nn.Module) -> int:
     return switched
 
 
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Names of ``model``'s parameters that weight decay should leave alone, by the library's rule.
+
+    * A Hugging Face model: what the ``Trainer`` exempts (its ``get_decay_parameter_names``):
+      biases and LayerNorm/RMSNorm weights; embeddings *are* decayed.
+    * Any other model: timm's rule (``create_optimizer_v2``): every 1-D parameter (biases,
+      BatchNorm/LayerNorm weights), every ``.bias``, and the names the model lists in its
+      ``no_weight_decay()`` (a ViT's position embedding and class token).
+    """
+    transformers = sys.modules.get("transformers")
+    if transformers is not None and isinstance(model, transformers.PreTrainedModel):
+        from transformers import Trainer
+
+        decay = set(Trainer.get_decay_parameter_names(None, model))  # it does not use `self`
+        return {n for n, _ in model.named_parameters() if n not in decay}
+    listed = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    return {n for n, p in model.named_parameters()
+            if p.ndim <= 1 or n.endswith(".bias") or any(fnmatch.fnmatch(n, pat) for pat in listed)}
+
+
 def param_groups(model: nn.Module, lrs: dict[str, float], default_lr: float | None = None,
-                 include_frozen: bool = False) -> list[dict[str, Any]]:
+                 include_frozen: bool = False, weight_decay: float | None = None) -> list[dict[str, Any]]:
     """Optimizer parameter groups with one learning rate per stage (discriminative LRs).
 
     Only trainable parameters are included, so frozen stages never reach the optimizer —
     unless ``include_frozen=True``, for schedules that unfreeze stages later (their
     parameters have no gradient while frozen, so the optimizer leaves them alone).
     Stages missing from ``lrs`` get ``default_lr`` (or are left out if it is ``None``).
+    With ``weight_decay``, each stage is split in two groups: its weights decay by that
+    amount, its biases and normalisation weights (:func:`no_weight_decay_names`) not at all.
 
     Example::
 
-        opt = torch.optim.AdamW(param_groups(model, {"layer4": 1e-4, "head": 1e-3}))
+        opt = torch.optim.AdamW(param_groups(model, {"layer4": 1e-4, "head": 1e-3}, weight_decay=1e-2))
     """
     named = stages(model)
     unknown = set(lrs) - set(named)
     if unknown:
         raise ConfigError(f"unknown stage(s) {sorted(unknown)}; stages are {list(named)}")
+    exempt = set()
+    if weight_decay is not None:
+        skip = no_weight_decay_names(model)
+        exempt = {id(p) for n, p in model.named_parameters() if n in skip}
     groups = []
     for name, modules in named.items():
         lr = lrs.get(name, default_lr)
         params = [p for p in _params(modules) if p.requires_grad or include_frozen]
-        if lr is not None and params:
+        if lr is None or not params:
+            continue
+        if weight_decay is None:
             groups.append({"params": params, "lr": lr, "name": name})
+            continue
+        decay = [p for p in params if id(p) not in exempt]
+        no_decay = [p for p in params if id(p) in exempt]
+        if decay:
+            groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay, "name": name})
+        if no_decay:
+            groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name} (no decay)"})
     if not groups:
         raise ConfigError("no trainable parameters in the requested stages: did you freeze them all?")
     return groups

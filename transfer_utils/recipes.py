@@ -96,11 +96,12 @@ def finetune(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | No
                  if cfg.gradual_unfreeze_every is not None else None)
     # L2-SP replaces the decay towards zero; it needs the starting point of every weight.
     start = regularization.snapshot(model) if cfg.l2sp_alpha is not None else None
-    groups = models.param_groups(model, stage_learning_rates(model, cfg), include_frozen=unfreezer is not None)
-    for group in groups:
-        group["weight_decay"] = 0.0 if start is not None else cfg.weight_decay
+    # Weight decay spares biases and normalisation weights, as the Trainer and timm do.
+    groups = models.param_groups(model, stage_learning_rates(model, cfg), include_frozen=unfreezer is not None,
+                                 weight_decay=0.0 if start is not None else cfg.weight_decay)
     optimizer = torch.optim.AdamW(groups)
 
+    # The Trainer's schedules (transformers.get_scheduler), stepped after every optimizer step.
     total = cfg.epochs * len(train_loader)
     warmup = int(cfg.warmup_fraction * total)
     if cfg.decay == "cosine":
@@ -108,7 +109,7 @@ def finetune(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | No
     elif cfg.decay == "linear":
         scheduler = schedules.warmup_linear(optimizer, warmup, total)
     else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        scheduler = schedules.warmup_constant(optimizer, warmup)
 
     ce = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     if start is not None:

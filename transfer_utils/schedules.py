@@ -2,12 +2,17 @@
 
 * :func:`warmup_cosine` — linear warm-up, then cosine decay to zero (per optimizer step).
 * :func:`warmup_linear` — linear warm-up, then linear decay to zero (BERT's schedule).
+* :func:`warmup_constant` — linear warm-up, then a constant rate.
 * :class:`GradualUnfreezer` — ULMFiT's gradual unfreezing: start with only the head trainable
   and unfreeze one more stage, from the top down, every ``every`` epochs.
 
+The three schedules are ``transformers.get_scheduler``'s, not re-implementations: the factor at
+step ``s`` of a warm-up over ``w`` steps is ``s / w`` (0 for the first update), exactly as in the
+Hugging Face ``Trainer``.
+
 Example::
 
-    groups = models.param_groups(model, lrs, include_frozen=True)
+    groups = models.param_groups(model, lrs, include_frozen=True, weight_decay=1e-2)
     opt = torch.optim.AdamW(groups)
     sched = warmup_cosine(opt, warmup_steps=50, total_steps=len(loader) * epochs)
     fit(model, loader, optimizer=opt, scheduler=sched, scheduler_interval="step",
@@ -16,8 +21,6 @@ Example::
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -25,34 +28,48 @@ from . import models
 from .errors import ConfigError
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
-                  min_factor: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Multiply every group's learning rate by a factor rising linearly from 1/warmup_steps to 1
-    over ``warmup_steps`` steps, then falling along a cosine to ``min_factor`` at ``total_steps``."""
+def _check(warmup_steps: int, total_steps: int) -> None:
     if not 0 <= warmup_steps < total_steps:
         raise ConfigError(f"need 0 <= warmup_steps < total_steps, got {warmup_steps} and {total_steps}")
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                  min_factor: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Multiply every group's learning rate by a factor rising linearly from 0 (step 0) to 1
+    (step ``warmup_steps``), then falling along a cosine to ``min_factor`` at ``total_steps``.
+
+    This is ``transformers.get_scheduler("cosine_with_min_lr")`` (``"cosine"`` when ``min_factor``
+    is 0) itself, so a plain loop and the ``Trainer`` see the same rate at every step. Call
+    ``scheduler.step()`` once per optimizer step, after ``optimizer.step()``, as the ``Trainer``
+    and :func:`~transfer_utils.train.fit` do: the first update then uses factor 0.
+    """
+    from transformers import get_scheduler
+
+    _check(warmup_steps, total_steps)
+    if min_factor == 0.0:
+        return get_scheduler("cosine", optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+    return get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=warmup_steps,
+                         num_training_steps=total_steps, scheduler_specific_kwargs={"min_lr_rate": min_factor})
 
 
 def warmup_linear(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup_steps`` steps, then a straight line down to zero at
-    ``total_steps``: the schedule of BERT (Devlin et al. 2019) and the ``Trainer``'s default."""
-    if not 0 <= warmup_steps < total_steps:
-        raise ConfigError(f"need 0 <= warmup_steps < total_steps, got {warmup_steps} and {total_steps}")
+    """Linear warm-up from 0 over ``warmup_steps`` steps, then a straight line down to zero at
+    ``total_steps``: the schedule of BERT (Devlin et al. 2019) and the ``Trainer``'s default —
+    ``transformers.get_scheduler("linear")`` itself (see :func:`warmup_cosine` for how to step it)."""
+    from transformers import get_scheduler
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    _check(warmup_steps, total_steps)
+    return get_scheduler("linear", optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+def warmup_constant(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from 0 over ``warmup_steps`` steps, then the full rate (no warm-up when
+    ``warmup_steps`` is 0): ``transformers.get_scheduler("constant_with_warmup")``."""
+    from transformers import get_scheduler
+
+    if warmup_steps < 0:
+        raise ConfigError(f"need warmup_steps >= 0, got {warmup_steps}")
+    return get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=warmup_steps)
 
 
 class GradualUnfreezer:

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import check_labels
-from .errors import ConfigError, DamagedFileError
+from .errors import ConfigError, DamagedFileError, NonFiniteLossError
 from .models import frozen_batchnorm_eval
 
 
@@ -289,6 +289,11 @@ def _run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable[..., torc
                     )
                 labels = check_labels(labels, logits.shape[-1])
                 loss = loss_fn(logits, labels)
+            if not math.isfinite(loss.item()):  # before backward and step: this batch changes no weight
+                raise NonFiniteLossError(
+                    "the loss became NaN/inf (the weights are those before this batch): lower the learning rate, "
+                    "enable clip_grad_norm, or check the inputs."
+                )
             if training:
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
@@ -298,17 +303,16 @@ def _run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable[..., torc
                     loss.backward()
                 if clip_grad_norm is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+                stepped = True
                 if scaler is not None:
-                    scaler.step(optimizer)
+                    scale = scaler.get_scale()
+                    scaler.step(optimizer)  # skipped when the float16 gradients overflowed
                     scaler.update()
+                    stepped = scaler.get_scale() >= scale  # the scale only drops after a skipped step
                 else:
                     optimizer.step()
-                if scheduler_per_step is not None:
+                if scheduler_per_step is not None and stepped:  # as the Trainer: one schedule step per update
                     scheduler_per_step.step()
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(
-                    "the loss became NaN/inf: lower the learning rate, enable clip_grad_norm, or check the inputs."
-                )
             total_loss += loss.item() * labels.shape[0]
             correct += int((logits.argmax(-1) == labels).sum())
             seen += labels.shape[0]
