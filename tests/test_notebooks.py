@@ -91,6 +91,11 @@ def test_feature_extraction_results(executed_notebooks: dict[str, Path]) -> None
     # Transfer helps most with few labels: the frozen encoder beats TF-IDF at 100 sentences.
     assert glued["rt_small_n"] == 100 and glued["rt_small_gain"] > 0.02
     assert 0.6 < glued["rt_frozen_acc"] < 0.95
+    # Choosing what to transfer: the cheap score ranks the candidates much as the probes do, and the
+    # random-weight baseline scores far below the pretrained features on both (what the prose says).
+    assert glued["tr_n"] >= 10 and glued["tr_rho"] > 0.5
+    assert glued["tr_random_acc"] < glued["tr_pooled_acc"] - 0.3
+    assert glued["tr_random_logme"] < glued["tr_pooled_logme"]
     # With every label the comparison is what the verdict in the prose says it is.
     lead, noise, verdict = glued["rt_all_lead"], glued["rt_all_noise"], _glued_markdown(nb, "rt_all_verdict")
     expected = "overtakes" if lead > noise else "still trails" if -lead > noise else "catches up"
