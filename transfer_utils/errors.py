@@ -32,3 +32,10 @@ class DataError(TransferUtilsError, ValueError):
 
 class ConfigError(TransferUtilsError, ValueError):
     """An argument combination that cannot work (e.g. head size != number of classes)."""
+
+
+class SkippedImagesWarning(UserWarning):
+    """Unreadable images were left out because the caller asked for ``on_error="skip"``.
+
+    The warning names the files; the function that skipped them also returns them (``.skipped``).
+    """
