@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from transfer_utils import data
-from transfer_utils.errors import DataError
+from transfer_utils.errors import ConfigError, DataError, SkippedImagesWarning
 
 
 def _img(path: Path, mode: str = "RGB", color=None, size=(40, 30)) -> Path:
@@ -126,17 +126,17 @@ def _folder(tmp_path: Path) -> data.ImageFolderDataset:
 
 def test_decode_images_once_and_reuse_the_cache(tmp_path: Path) -> None:
     folder = _folder(tmp_path)
-    decoded = data.decode_images(folder, 24, cache_dir=tmp_path / "cache", tag="pets")
+    decoded = data.decode_images(folder, 24, interpolation="bilinear", cache_dir=tmp_path / "cache", tag="pets")
     assert decoded.images.dtype == torch.uint8 and tuple(decoded.images.shape) == (6, 3, 24, 24)
     assert decoded.targets == [0, 0, 0, 1, 1, 1] and decoded.classes == ["cat", "dog"]
     assert int(decoded.images[0, 0].float().mean()) > 200 and int(decoded.images[3, 2].float().mean()) > 200
     files = list((tmp_path / "cache").glob("pets-24px-*.safetensors"))
     assert len(files) == 1
-    again = data.decode_images(folder, 24, cache_dir=tmp_path / "cache", tag="pets")
+    again = data.decode_images(folder, 24, interpolation="bilinear", cache_dir=tmp_path / "cache", tag="pets")
     assert torch.equal(again.images, decoded.images)
     # A changed file changes the key: the cache is never stale.
     _img(tmp_path / "imgs" / "cat" / "0.png", "RGB", (0, 255, 0), size=(60, 40))
-    changed = data.decode_images(folder, 24, cache_dir=tmp_path / "cache", tag="pets")
+    changed = data.decode_images(folder, 24, interpolation="bilinear", cache_dir=tmp_path / "cache", tag="pets")
     assert len(list((tmp_path / "cache").glob("pets-24px-*.safetensors"))) == 2
     assert int(changed.images[0, 1].float().mean()) > 200
     with pytest.raises(DataError, match="at least 8"):
@@ -144,7 +144,7 @@ def test_decode_images_once_and_reuse_the_cache(tmp_path: Path) -> None:
 
 
 def test_tensor_image_dataset_transforms_subsets_and_errors(tmp_path: Path) -> None:
-    decoded = data.decode_images(_folder(tmp_path), 32)
+    decoded = data.decode_images(_folder(tmp_path), 32, interpolation="bilinear")
     prep = data.Preprocessing(28, 32, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     val = decoded.with_transform(prep.tensor_transform(train=False))
     x, y = val[4]
@@ -205,3 +205,278 @@ def test_missing_and_non_text_values_are_named() -> None:
         data.ensure_text(None, where="review #2")  # type: ignore[arg-type]
     with pytest.raises(DataError, match="review #2 is missing"):
         data.ensure_text(float("nan"), where="review #2")  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------------------
+# No silent wrong answers: high bit depths, EXIF orientation, a data set's root, huge images,
+# unreadable files, one resize for training and serving.
+# ----------------------------------------------------------------------------------------------
+
+_W = 256
+
+
+def _gradient_image(mode: str) -> tuple[Image.Image, np.ndarray]:
+    """A horizontal gradient in ``mode`` and the 8-bit values it must become."""
+    ramp = np.linspace(0.0, 1.0, _W)
+    expected = np.rint(ramp * 255).astype(np.uint8)
+    if mode.startswith("I;16"):
+        values = np.rint(ramp * 65535).astype(np.uint16)
+        dtype = {"I;16": "<u2", "I;16L": "<u2", "I;16B": ">u2", "I;16N": "=u2"}[mode]
+        img = Image.frombytes(mode, (_W, 8), np.tile(values, (8, 1)).astype(dtype).tobytes())
+    elif mode == "I-16bit":   # 16-bit data in a 32-bit image, as Pillow opens 16-bit PGM files
+        img = Image.fromarray(np.tile(np.rint(ramp * 65535).astype(np.int32), (8, 1)))
+    elif mode == "I":
+        img = Image.fromarray(np.tile(np.rint(ramp * (2**31 - 1)).astype(np.int32), (8, 1)))
+    elif mode == "F":
+        img = Image.fromarray(np.tile(ramp.astype(np.float32), (8, 1)))
+    elif mode == "F-range":    # float values outside [0, 1]: the image's own range is used
+        img = Image.fromarray(np.tile((ramp * 703.0 - 3.0).astype(np.float32), (8, 1)))
+    else:
+        raise AssertionError(mode)
+    return img, expected
+
+
+def _assert_gradient(img: Image.Image, expected: np.ndarray) -> None:
+    arr = np.asarray(img)
+    assert img.mode == "RGB" and arr.shape == (8, _W, 3)
+    row = arr[4, :, 0].astype(int)
+    assert (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all()
+    assert row.max() - row.min() >= 250, "a gradient must not collapse to a constant"
+    assert (np.diff(row) >= 0).all(), "ordering of intensities is kept"
+    assert np.abs(row - expected.astype(int)).max() <= 1, "intensities scale linearly with the mode's range"
+
+
+@pytest.mark.parametrize("mode,fmt", [("I;16", "PNG"), ("I;16B", "TIFF"), ("I;16", "TIFF"), ("I-16bit", "PPM"),
+                                      ("I", "TIFF"), ("F", "TIFF"), ("F-range", "TIFF")])
+def test_high_bit_depth_files_keep_their_gradient(tmp_path: Path, mode: str, fmt: str) -> None:
+    img, expected = _gradient_image(mode)
+    path = tmp_path / f"gradient.{fmt.lower()}"
+    img.save(path, format=fmt)
+    with Image.open(path) as stored:   # the file really holds a high-bit-depth mode
+        assert stored.mode in ("I;16", "I;16B", "I", "F")
+    _assert_gradient(data.load_image(path), expected)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16L", "I;16B", "I;16N", "I-16bit", "I", "F", "F-range"])
+def test_every_high_bit_depth_mode_converts_without_clipping(mode: str) -> None:
+    img, expected = _gradient_image(mode)
+    _assert_gradient(data.to_rgb(img), expected)
+
+
+def test_float_images_with_nan_or_a_constant_value_stay_defined() -> None:
+    arr = np.tile(np.linspace(0, 1, _W, dtype=np.float32), (8, 1))
+    arr[0, 0] = np.nan
+    out = np.asarray(data.to_rgb(Image.fromarray(arr)))
+    assert out[0, 0, 0] == 0 and out[4, -1, 0] == 255
+    assert np.asarray(data.to_rgb(Image.fromarray(np.full((4, 4), 0.5, np.float32)))).max() == 128
+
+
+def _quadrants() -> np.ndarray:
+    """A 48 x 32 image whose four quadrants have distinct colours (robust to JPEG)."""
+    arr = np.zeros((32, 48, 3), np.uint8)
+    arr[:16, :24] = (230, 20, 20)
+    arr[:16, 24:] = (20, 230, 20)
+    arr[16:, :24] = (20, 20, 230)
+    arr[16:, 24:] = (230, 230, 20)
+    return arr
+
+
+# How a camera stores the upright image for each EXIF orientation (the tag says how to undo it).
+_STORED = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, 1),
+           7: lambda a: np.rot90(a, 2).transpose(1, 0, 2), 8: lambda a: np.rot90(a, -1)}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(tmp_path: Path, orientation: int) -> None:
+    upright = _quadrants()
+    stored = np.ascontiguousarray(_STORED[orientation](upright))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"photo{orientation}.jpg"
+    Image.fromarray(stored).save(path, quality=98, exif=exif.tobytes())
+    got = np.asarray(data.load_image(path)).astype(int)
+    assert got.shape == upright.shape
+    for r in (4, 27):
+        for c in (5, 42):
+            assert np.abs(got[r, c] - upright[r, c]).max() < 20, (orientation, r, c, got[r, c], upright[r, c])
+
+
+def test_a_data_sets_root_is_refused_with_the_split_to_pass(tmp_path: Path) -> None:
+    for split in ("train", "val"):
+        for cls in ("ants", "bees"):
+            _img(tmp_path / "root" / split / cls / "0.png")
+    with pytest.raises(DataError, match=r"(?s)train/ holds ants/, bees/.*root / 'train'"):
+        data.ImageFolderDataset(tmp_path / "root")
+    with pytest.raises(DataError, match="root / 'train'"):
+        data.check_image_folder(tmp_path / "root")
+    # A root with a single split is explained the same way (not just "needs 2 classes").
+    _img(tmp_path / "only" / "train" / "ants" / "0.png")
+    _img(tmp_path / "only" / "train" / "bees" / "0.png")
+    with pytest.raises(DataError, match="root / 'train'"):
+        data.ImageFolderDataset(tmp_path / "only")
+    # One split reads fine; deliberate nesting is allowed when asked for.
+    assert data.ImageFolderDataset(tmp_path / "root" / "train").classes == ["ants", "bees"]
+    assert data.ImageFolderDataset(tmp_path / "root", allow_nested=True).classes == ["train", "val"]
+    # A single sub-folder per class (e.g. cats/images/*.jpg) is an ordinary layout.
+    _img(tmp_path / "plain" / "cats" / "images" / "0.png")
+    _img(tmp_path / "plain" / "dogs" / "images" / "0.png")
+    assert data.ImageFolderDataset(tmp_path / "plain").targets == [0, 1]
+
+
+@pytest.mark.parametrize("pixels", [40 * 30, 100 * 100])   # over the limit (warning) / over twice it (error)
+def test_decompression_bombs_name_the_file_and_the_remedy(tmp_path: Path, monkeypatch, pixels: int) -> None:
+    side = int(pixels ** 0.5)
+    path = _img(tmp_path / "big.png", size=(side, pixels // side))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(DataError, match=r"big\.png.*MAX_IMAGE_PIXELS"):
+        data.load_image(path)
+    with pytest.warns(SkippedImagesWarning, match="big.png"):
+        assert data.ImageFolderDataset(_two_class_folder(tmp_path / "f", extra=path), on_error="skip").skipped
+
+
+def _two_class_folder(root: Path, extra: Path | None = None) -> Path:
+    for cls in ("a", "b"):
+        for i in range(2):
+            _img(root / cls / f"{i}.png", "RGB", (60 * i, 100, 200 if cls == "b" else 0), size=(20, 15))
+    if extra is not None:
+        (root / "a" / extra.name).write_bytes(extra.read_bytes())
+    return root
+
+
+def test_check_image_folder_reports_everything_before_training(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    _img(root / "cats" / "a.png", "RGB", (1, 2, 3), size=(40, 30))
+    _img(root / "cats" / "b.png", "L", 7, size=(80, 20))
+    (root / "cats" / "b_copy.png").write_bytes((root / "cats" / "b.png").read_bytes())
+    _img(root / "dogs" / "c.png", "RGBA", (9, 9, 9, 255), size=(50, 60))
+    (root / "dogs" / "a_again.png").write_bytes((root / "cats" / "a.png").read_bytes())   # one image, two labels
+    (root / "dogs" / "broken.jpg").write_bytes(b"not a jpeg")
+    (root / "dogs" / "notes.txt").write_text("hello")
+    report = data.check_image_folder(root)
+    assert report.class_counts == {"cats": 3, "dogs": 3}
+    assert report.min_size == (40, 20) and report.max_size == (80, 60)
+    assert report.modes == {"RGB": 2, "L": 2, "RGBA": 1}
+    assert [Path(s.path).name for s in report.unreadable] == ["broken.jpg"]
+    assert sorted(sorted(p.name for p in g) for g in report.duplicates) == [["a.png", "a_again.png"],
+                                                                            ["b.png", "b_copy.png"]]
+    assert [[p.name for p in g] for g in report.label_conflicts] == [["a.png", "a_again.png"]]
+    assert [p.name for p in report.ignored] == ["notes.txt"]
+    assert not report.ok
+    text = str(report)
+    for needle in ("cats", "width 40..80 px", "height 20..60 px", "UNREADABLE (1)", "broken.jpg",
+                   "LABEL CONFLICTS (1)", "cats/a.png == dogs/a_again.png", "cats/b.png == cats/b_copy.png", "NOT OK"):
+        assert needle in text, needle
+    clean = data.check_image_folder(_two_class_folder(tmp_path / "clean"))
+    assert clean.ok and str(clean).endswith("ok")
+
+
+def test_skipping_unreadable_images_keeps_labels_aligned(tmp_path: Path) -> None:
+    root = _two_class_folder(tmp_path / "imgs")
+    (root / "a" / "1.png").write_bytes(b"garbage")
+    (root / "b" / "0.png").write_bytes(b"garbage")
+    strict = data.ImageFolderDataset(root)
+    assert len(strict) == 4
+    with pytest.raises(DataError, match="1.png"):
+        [strict[i] for i in range(len(strict))]
+    with pytest.warns(SkippedImagesWarning, match=r"(?s)2 unreadable.*a/1\.png.*b/0\.png"):
+        ds = data.ImageFolderDataset(root, on_error="skip")
+    assert [p.name for p, _ in ds.samples] == ["0.png", "1.png"] and ds.targets == [0, 1]
+    assert [Path(s.path).relative_to(root).as_posix() for s in ds.skipped] == ["a/1.png", "b/0.png"]
+    assert np.asarray(ds[0][0])[0, 0, 2] == 0 and np.asarray(ds[1][0])[0, 0, 2] == 200, "pixels match labels"
+    assert ds.subset([1]).skipped == ds.skipped
+    with pytest.raises(ConfigError, match="on_error"):
+        data.ImageFolderDataset(root, on_error="ignore")
+    with pytest.raises(DataError, match="every image of class"):
+        (root / "b" / "1.png").write_bytes(b"garbage")
+        with pytest.warns(SkippedImagesWarning):
+            data.ImageFolderDataset(root, on_error="skip")
+
+
+def test_decode_images_skips_and_reports_unreadable_files(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    (tmp_path / "imgs" / "cat" / "1.png").write_bytes(b"garbage")
+    prep = data.Preprocessing(20, 24, "bilinear", (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(DataError, match="1.png"):
+        data.decode_images(folder, preprocessing=prep)
+    for from_cache in (False, True):
+        with pytest.warns(SkippedImagesWarning, match="1.png"):
+            decoded = data.decode_images(folder, preprocessing=prep, cache_dir=tmp_path / "c", on_error="skip")
+        assert decoded.targets == [0, 0, 1, 1, 1] and len(decoded) == 5
+        assert [Path(s.path).name for s in decoded.skipped] == ["1.png"] and decoded.skipped[0].index == 1
+        assert int(decoded.images[1, 0].float().mean()) > 200 and int(decoded.images[2, 2].float().mean()) > 200
+    # The strict default never reuses the pixels of a skipping run.
+    with pytest.raises(DataError, match="1.png"):
+        data.decode_images(folder, preprocessing=prep, cache_dir=tmp_path / "c")
+
+
+def _odd_folder(root: Path) -> data.ImageFolderDataset:
+    rng = np.random.default_rng(0)
+    for cls, sizes in (("a", [(61, 45), (45, 61), (50, 50)]), ("b", [(77, 40), (40, 33)])):
+        for i, (w, h) in enumerate(sizes):
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return data.ImageFolderDataset(root)
+
+
+@pytest.mark.parametrize("prep", [data.Preprocessing(21, 26, "bicubic", (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)),
+                                  data.Preprocessing(24, 28, "bilinear", (0.5,) * 3, (0.5,) * 3),
+                                  data.Preprocessing(19, 26, "lanczos", (0.5,) * 3, (0.5,) * 3)])
+def test_decoded_images_equal_what_the_eval_transform_gives(tmp_path: Path, prep: data.Preprocessing) -> None:
+    """Training (decode_images + tensor_transform) and serving (eval_transform, which predict
+    uses) see the same tensor for the same file: one interpolation, one crop."""
+    folder = _odd_folder(tmp_path / "imgs")
+    decoded = data.decode_images(folder, preprocessing=prep)
+    assert tuple(decoded.images.shape[1:]) == (3, prep.resize_size, prep.resize_size)
+    val = decoded.with_transform(prep.tensor_transform(train=False))
+    direct = prep.eval_transform()
+    for i, (path, label) in enumerate(folder.samples):
+        x, y = val[i]
+        assert y == label
+        assert torch.allclose(x, direct(data.load_image(path)), atol=1e-6), path
+
+
+def test_decode_cache_is_keyed_by_the_interpolation(tmp_path: Path) -> None:
+    folder = _odd_folder(tmp_path / "imgs")
+    cache = tmp_path / "cache"
+    bicubic = data.Preprocessing(20, 24, "bicubic", (0.5,) * 3, (0.5,) * 3)
+    bilinear = data.Preprocessing(20, 24, "bilinear", (0.5,) * 3, (0.5,) * 3)
+    a = data.decode_images(folder, preprocessing=bicubic, cache_dir=cache, tag="pets")
+    b = data.decode_images(folder, preprocessing=bilinear, cache_dir=cache, tag="pets")
+    names = sorted(p.name for p in cache.glob("*.safetensors"))
+    assert len(names) == 2 and names[0].startswith("pets-24px-bicubic-") and names[1].startswith("pets-24px-bilinear-")
+    assert not torch.equal(a.images, b.images)
+    again = data.decode_images(folder, 24, interpolation="bicubic", cache_dir=cache, tag="pets")
+    assert len(list(cache.glob("*.safetensors"))) == 3, "aligned crop and plain crop are different decodings"
+    assert again.images.shape == a.images.shape
+
+
+def test_arguments_are_checked_where_they_enter(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    prep = data.Preprocessing(20, 24, "bicubic", (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ConfigError, match="contradicts"):
+        data.decode_images(folder, preprocessing=prep, interpolation="bilinear")
+    with pytest.raises(ConfigError, match="size= or preprocessing="):
+        data.decode_images(folder)
+    with pytest.raises(ConfigError, match="unknown interpolation"):
+        data.decode_images(folder, 24, interpolation="cubic")
+    with pytest.raises(ConfigError, match="tag"):
+        data.decode_images(folder, preprocessing=prep, tag="")
+    with pytest.raises(DataError, match="ImageFolderDataset"):
+        data.decode_images(data.decode_images(folder, preprocessing=prep), preprocessing=prep)  # type: ignore[arg-type]
+    with pytest.warns(UserWarning, match="preprocessing=backbone.preprocessing"):
+        data.decode_images(folder, 24)
+    with pytest.raises(ConfigError, match="unknown interpolation"):
+        data.Preprocessing(20, 24, "cubic", (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ConfigError, match="input_size"):
+        data.Preprocessing(0, 24, "bicubic", (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ConfigError, match="std"):
+        data.Preprocessing(20, 24, "bicubic", (0.5,) * 3, (0.5, 0.0, 0.5))
+    with pytest.raises(ConfigError, match="min_scale"):
+        prep.tensor_transform(train=True, min_scale=0.0)
+    with pytest.raises(ConfigError, match="transform must be callable"):
+        data.ImageFolderDataset(tmp_path / "imgs", transform="resize")  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="file path"):
+        data.load_image(42)  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="is a folder"):
+        data.load_image(tmp_path)

@@ -13,7 +13,7 @@ from torch import nn
 from torchvision import transforms as T
 
 from transfer_utils import data, features, models
-from transfer_utils.errors import DataError
+from transfer_utils.errors import ConfigError, DataError, SkippedImagesWarning
 
 
 def _dataset(root: Path) -> data.ImageFolderDataset:
@@ -171,3 +171,43 @@ def test_text_feature_cache_key_covers_the_tokenizer(minilm, tmp_path: Path) -> 
     # a tokenizer call with truncation/padding does not change the key (no needless recomputation)
     tok(["a b c"], truncation=True, max_length=4, padding="max_length")
     assert features.extract_text_features(tok, enc, ["GREAT film"], [1], cache_dir=tmp_path).from_cache
+
+
+def test_unreadable_images_stop_the_run_or_are_skipped_with_labels_aligned(tmp_path: Path) -> None:
+    ds, trunk = _dataset(tmp_path / "imgs"), _trunk()
+    clean = features.extract_features(trunk, ds, progress=False)
+    bad = ds.samples[1][0]
+    bad.write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"a/1\.png"):
+        features.extract_features(trunk, ds, batch_size=2, progress=False)
+    runs = [dict(batch_size=2, cache_dir=tmp_path / "c"), dict(batch_size=2, cache_dir=tmp_path / "c"),
+            dict(batch_size=1, num_workers=2)]
+    for i, kwargs in enumerate(runs):
+        with pytest.warns(SkippedImagesWarning, match=r"a/1\.png"):
+            got = features.extract_features(trunk, ds, on_error="skip", progress=False, **kwargs)
+        assert got.from_cache == (i == 1)
+        assert got.y.tolist() == [0, 0, 1, 1, 1]
+        assert torch.allclose(got.x, clean.x[[0, 2, 3, 4, 5]], atol=1e-6), "each vector stays with its label"
+        assert [(s.index, Path(s.path)) for s in got.skipped] == [(1, bad)]
+    # The strict default never reuses the features of a skipping run.
+    with pytest.raises(DataError, match=r"a/1\.png"):
+        features.extract_features(trunk, ds, cache_dir=tmp_path / "c", batch_size=2, progress=False)
+
+
+def test_extract_features_checks_its_arguments(tmp_path: Path) -> None:
+    ds, trunk = _dataset(tmp_path / "imgs"), _trunk()
+    with pytest.raises(ConfigError, match="batch_size"):
+        features.extract_features(trunk, ds, batch_size=0)
+    with pytest.raises(ConfigError, match="num_workers"):
+        features.extract_features(trunk, ds, num_workers=-1)
+    with pytest.raises(ConfigError, match="on_error"):
+        features.extract_features(trunk, ds, on_error="ignore")
+    with pytest.raises(DataError, match="no transform"):
+        features.extract_features(trunk, ds.with_transform(None))
+    with pytest.raises(DataError, match="ImageFolderDataset or a TensorImageDataset"):
+        features.extract_features(trunk, [(torch.zeros(3, 8, 8), 0)])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="nn.Module"):
+        features.extract_features(lambda x: x, ds)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="is a file"):
+        (tmp_path / "file").write_text("")
+        features.extract_features(trunk, ds, cache_dir=tmp_path / "file")

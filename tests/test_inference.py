@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from transfer_utils import explain, inference, models
-from transfer_utils.errors import ConfigError, DamagedFileError, DataError
+from transfer_utils import data, explain, inference, models
+from transfer_utils.data import Preprocessing
+from transfer_utils.errors import ConfigError, DamagedFileError, DataError, SkippedImagesWarning
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +181,72 @@ def test_a_chapter3_model_ships_and_reloads_with_identical_predictions(tmp_path:
     assert not (tmp_path / "wrong").exists()
     with pytest.raises(ConfigError, match=r"classes \[0, 2\]"):
         models.attach_head(bb.model, LogisticRegression().fit(z.numpy(), y * (y != 1)), mu, sigma)
+
+
+def _tiny_classifier(interpolation: str = "bicubic") -> inference.Classifier:
+    """A small random network: predict's reading and preprocessing are what is under test."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 2))
+    prep = Preprocessing(21, 26, interpolation, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    return inference.Classifier(model.eval(), "tiny", ["a", "b"], prep)
+
+
+def test_predict_reads_a_16_bit_image_like_its_8_bit_version(tmp_path: Path) -> None:
+    clf = _tiny_classifier()
+    rng = np.random.default_rng(0)
+    a16 = (np.linspace(0, 65535, 64)[None, :] * np.ones((48, 1)) * 0.5
+           + rng.integers(0, 30000, (48, 64))).astype(np.uint16)
+    Image.fromarray(a16).save(tmp_path / "deep.png")
+    Image.fromarray(np.rint(a16 / 257).astype(np.uint8)).save(tmp_path / "flat.png")
+    with Image.open(tmp_path / "deep.png") as deep:
+        assert deep.mode == "I;16"
+        deep.load()
+        p16, p8, in_memory = inference.predict(clf, [tmp_path / "deep.png", tmp_path / "flat.png", deep])
+    assert list(p16.probabilities.values()) == pytest.approx(list(p8.probabilities.values()), abs=1e-5)
+    assert list(in_memory.probabilities.values()) == pytest.approx(list(p8.probabilities.values()), abs=1e-5)
+
+
+def test_predict_can_skip_unreadable_images_and_says_which(tmp_path: Path) -> None:
+    clf = _tiny_classifier()
+    rng = np.random.default_rng(1)
+    good = tmp_path / "good.png"
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    img = Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8))
+    with pytest.raises(DataError, match="bad.jpg"):
+        inference.predict(clf, [good, bad, img])
+    with pytest.warns(SkippedImagesWarning, match="bad.jpg"):
+        out = inference.predict(clf, [good, bad, img], on_error="skip", batch_size=2)
+    assert [(p.index, p.source) for p in out] == [(0, str(good)), (2, "<image #2>")]
+    assert [(s.index, s.path) for s in out.skipped] == [(1, str(bad))]
+    alone = inference.predict(clf, [good, img])
+    assert [p.probabilities for p in out] == [p.probabilities for p in alone], "each prediction stays with its image"
+    with pytest.warns(SkippedImagesWarning):
+        assert list(inference.predict(clf, [bad], on_error="skip")) == []
+    with pytest.raises(DataError, match="list of paths"):
+        inference.predict(clf, str(good))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="batch_size"):
+        inference.predict(clf, [good], batch_size=0)
+    with pytest.raises(ConfigError, match="on_error"):
+        inference.predict(clf, [good], on_error="ignore")
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_training_pixels_and_predict_agree(tmp_path: Path, interpolation: str) -> None:
+    """decode_images + tensor_transform (training, evaluation) and predict (serving) give the
+    same network input, so the same probabilities, for every file."""
+    clf = _tiny_classifier(interpolation)
+    rng = np.random.default_rng(2)
+    for cls, sizes in (("a", [(61, 45), (45, 61)]), ("b", [(77, 40), (40, 33)])):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i, (w, h) in enumerate(sizes):
+            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.jpg")
+    folder = data.ImageFolderDataset(tmp_path / "imgs")
+    decoded = data.decode_images(folder, preprocessing=clf.preprocessing)
+    val = decoded.with_transform(clf.preprocessing.tensor_transform(train=False))
+    with torch.no_grad():
+        trained_view = clf.model(torch.stack([val[i][0] for i in range(len(val))])).softmax(-1)
+    served = inference.predict(clf, [p for p, _ in folder.samples])
+    assert torch.allclose(trained_view, torch.tensor([list(p.probabilities.values()) for p in served]), atol=1e-5)

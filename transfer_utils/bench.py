@@ -246,8 +246,8 @@ def mixed_precision(label: str, out_dir: Path | None = None, seed: int = 0) -> P
     prep = backbone.preprocessing
     root = assets.fetch_dataset("flowers17", offline=offline)
     cache = assets.data_home() / "decoded"
-    split = {name: data.decode_images(data.ImageFolderDataset(root / name), prep.resize_size, cache_dir=cache,
-                                      tag=f"flowers17-{name}") for name in ("train", "val")}
+    split = {name: data.decode_images(data.ImageFolderDataset(root / name), prep.resize_size, preprocessing=prep,
+                                      cache_dir=cache, tag=f"flowers17-{name}") for name in ("train", "val")}
     stage_names = list(models.stages(backbone.model))
     image_recipe = recipes.FinetuneConfig(epochs=3, freeze_until=stage_names[-3], backbone_lr=1e-4)
     val_loader = DataLoader(split["val"].with_transform(prep.tensor_transform(train=False)), batch_size=64)

@@ -55,3 +55,10 @@ class DamagedFileError(DataError):
 
 class NonFiniteLossError(TransferUtilsError, FloatingPointError):
     """The loss became NaN or infinite; training stopped before that batch changed any weight."""
+
+
+class SkippedImagesWarning(UserWarning):
+    """Unreadable images were left out because the caller asked for ``on_error="skip"``.
+
+    The warning names the files; the function that skipped them also returns them (``.skipped``).
+    """

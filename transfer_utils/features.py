@@ -15,31 +15,39 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
-from .data import ImageFolderDataset, TensorImageDataset, as_labels, ensure_text
+from .data import (ImageFolderDataset, SkippedImage, TensorImageDataset, as_labels, check_on_error, ensure_text,
+                   warn_skipped)
 from .errors import ConfigError, DataError
 
 
 @dataclass
 class Features:
-    """Feature vectors ``x`` (float32, ``[N, D]``), labels ``y`` and how they were obtained."""
+    """Feature vectors ``x`` (float32, ``[N, D]``), labels ``y`` and how they were obtained.
+
+    ``skipped`` lists the images left out under ``on_error="skip"`` (``x`` and ``y`` hold the
+    others, in order, so they stay aligned)."""
 
     x: torch.Tensor
     y: torch.Tensor
     key: str
     from_cache: bool
     seconds: float  #: time spent computing (or loading) them
+    skipped: list[SkippedImage] = field(default_factory=list)
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -60,7 +68,10 @@ def dataset_fingerprint(dataset: ImageFolderDataset | TensorImageDataset) -> str
         h.update(str(dataset.targets).encode())
         return h.hexdigest()
     for path, label in dataset.samples:
-        h.update(hashlib.sha256(Path(path).read_bytes()).digest())
+        try:
+            h.update(hashlib.sha256(Path(path).read_bytes()).digest())
+        except OSError:  # missing or unreadable: the run reports it (or skips it) when it reads the file
+            h.update(b"<unreadable file>")
         h.update(str(label).encode())
     return h.hexdigest()
 
@@ -69,43 +80,80 @@ def _cache_path(cache_dir: Path, tag: str, key: str) -> Path:
     return Path(cache_dir) / f"{tag}-{key[:16]}.safetensors"
 
 
-def _read_cache(path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The ``(x, y)`` stored at ``path`` for ``key``; ``None`` (with a warning) if the file cannot be used."""
+def _read_cache(path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor, list[SkippedImage]] | None:
+    """The ``(x, y, skipped)`` stored at ``path`` for ``key``; ``None`` (with a warning) if the file
+    cannot be used."""
     from safetensors import SafetensorError, safe_open
 
     try:
         stored = load_file(path)
         with safe_open(path, framework="pt") as f:
-            stored_key = (f.metadata() or {}).get("key")
+            meta = f.metadata() or {}
+        stored_key = meta.get("key")
         x, y = stored["x"], stored["y"]
         if stored_key != key or x.shape[:1] != y.shape:
             raise ValueError("it holds other features" if stored_key != key else "x and y differ in length")
-    except (SafetensorError, OSError, KeyError, ValueError) as err:
+        skipped = [SkippedImage(**s) for s in json.loads(meta.get("skipped", "[]"))]
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as err:
         warnings.warn(f"the cache file {path} is damaged ({err}); recomputing it and overwriting the file",
                       stacklevel=4)
         return None
-    return x, y
+    return x, y, skipped
 
 
 def _load_or_compute(cache_dir: str | Path | None, tag: str, key: str, compute) -> Features:  # type: ignore[no-untyped-def]
-    """Read ``(x, y)`` for ``key`` from the cache, or ``compute()`` and store them (atomically).
-    A cache file that cannot be read is a cache miss: it is recomputed and overwritten, with a warning."""
+    """Read ``(x, y)`` for ``key`` from the cache, or store what ``compute()`` returns, ``(x, y)`` or
+    ``(x, y, skipped)`` (the skipped images travel in the file's metadata), atomically. A cache file
+    that cannot be read is a cache miss: it is recomputed and overwritten, with a warning."""
     start = time.perf_counter()
+    if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+        raise ConfigError(f"cache_dir {cache_dir} is a file; pass a folder (it is created if missing) or None")
     if cache_dir is not None:
         path = _cache_path(Path(cache_dir), tag, key)
         stored = _read_cache(path, key) if path.is_file() else None
         if stored is not None:
-            return Features(*stored, key, True, time.perf_counter() - start)
-    x, y = compute()
+            return Features(*stored[:2], key, True, time.perf_counter() - start, stored[2])
+    x, y, *rest = compute()
+    skipped = list(rest[0]) if rest else []
     if cache_dir is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         part = path.with_name(path.name + ".part")
         try:
-            save_file({"x": x.contiguous(), "y": y.contiguous()}, part, metadata={"key": key, "tag": tag})
+            save_file({"x": x.contiguous(), "y": y.contiguous()}, part,
+                      metadata={"key": key, "tag": tag, "skipped": json.dumps([asdict(s) for s in skipped])})
             part.replace(path)
         finally:
             part.unlink(missing_ok=True)
-    return Features(x, y, key, False, time.perf_counter() - start)
+    return Features(x, y, key, False, time.perf_counter() - start, skipped)
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    index: int
+    reason: str
+
+
+class _SkipUnreadable(Dataset):  # type: ignore[type-arg]
+    """Wraps a dataset: an image that raises :class:`DataError` becomes an ``_Unreadable`` marker."""
+
+    def __init__(self, dataset: Dataset) -> None:  # type: ignore[type-arg]
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            x, y = self.dataset[index]
+        except DataError as err:
+            return _Unreadable(index, str(err))
+        return index, x, y
+
+
+def _collate_readable(items: list[Any]) -> tuple[Any, list[_Unreadable]]:
+    bad = [it for it in items if isinstance(it, _Unreadable)]
+    good = [it for it in items if not isinstance(it, _Unreadable)]
+    return (default_collate(good) if good else None), bad
 
 
 @torch.no_grad()
@@ -119,30 +167,71 @@ def extract_features(
     num_workers: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    on_error: str = "raise",
 ) -> Features:
     """Run a frozen ``trunk`` (see :func:`~transfer_utils.models.feature_extractor`) over ``dataset``.
 
     The trunk is put in ``eval()`` mode (BatchNorm uses its running statistics, dropout is off)
     and run under ``torch.no_grad()``. With ``cache_dir`` the result is stored as safetensors
     and reused while the key matches.
-    """
-    key = hashlib.sha256((model_fingerprint(trunk) + dataset_fingerprint(dataset)).encode()).hexdigest()
 
-    def compute() -> tuple[torch.Tensor, torch.Tensor]:
+    An unreadable image stops the run with a :class:`DataError` naming it (``on_error="raise"``,
+    the default). With ``on_error="skip"`` it is left out instead: ``x`` and ``y`` hold the
+    readable images in order (labels stay aligned), ``.skipped`` lists the others, and a
+    :class:`~transfer_utils.errors.SkippedImagesWarning` names them.
+    """
+    if not isinstance(trunk, nn.Module):
+        raise ConfigError(f"trunk must be a torch.nn.Module (e.g. models.feature_extractor(backbone.model)), "
+                          f"got {type(trunk).__name__}")
+    if not isinstance(dataset, (ImageFolderDataset, TensorImageDataset)):
+        raise DataError(f"dataset must be an ImageFolderDataset or a TensorImageDataset, got {type(dataset).__name__}")
+    if dataset.transform is None:
+        raise DataError("the dataset has no transform, so it yields images, not tensors: pass "
+                        "dataset.with_transform(preprocessing.eval_transform()) (or tensor_transform(train=False) "
+                        "for decoded images)")
+    for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    check_on_error(on_error)
+    settings = "on_error=skip" if on_error == "skip" else ""  # the default keeps the keys it always had
+    key = hashlib.sha256((model_fingerprint(trunk) + dataset_fingerprint(dataset) + settings).encode()).hexdigest()
+
+    def compute() -> tuple[torch.Tensor, torch.Tensor, list[SkippedImage]]:
         trunk.eval().to(device)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        source = _SkipUnreadable(dataset) if on_error == "skip" else dataset
+        loader = DataLoader(source, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            **({"collate_fn": _collate_readable} if on_error == "skip" else {}))
         xs, ys = [], []
+        skipped: list[SkippedImage] = []
         # The bar wraps the loop, not the loader: the loader's iterator (and its worker
         # processes) is then released as soon as the loop ends, not at a later garbage collection
         # that would stall whatever code happens to run then.
         with tqdm(total=len(loader), desc=f"features {tag}", leave=False, disable=not progress) as bar:
-            for images, labels in loader:
+            for batch in loader:
+                if on_error == "skip":
+                    batch, bad = batch
+                    skipped += [SkippedImage(b.index, str(_sample_path(dataset, b.index)), b.reason) for b in bad]
+                    if batch is None:
+                        bar.update()
+                        continue
+                    _, images, labels = batch
+                else:
+                    images, labels = batch
                 xs.append(trunk(images.to(device)).float().cpu())
                 ys.append(labels)
                 bar.update()
-        return torch.cat(xs), torch.cat(ys)
+        if not xs:
+            raise DataError(f"none of the {len(dataset)} images could be read (first: {skipped[0]})")
+        return torch.cat(xs), torch.cat(ys), skipped
 
-    return _load_or_compute(cache_dir, tag, key, compute)
+    result = _load_or_compute(cache_dir, tag, key, compute)
+    warn_skipped(result.skipped, f"extract_features({tag!r})")
+    return result
+
+
+def _sample_path(dataset: ImageFolderDataset | TensorImageDataset, index: int) -> str:
+    samples = getattr(dataset, "samples", None)
+    return str(samples[index][0]) if samples is not None else f"<image #{index}>"
 
 
 def mean_pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -16,17 +16,18 @@ Example::
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .data import Preprocessing, load_image
-from .errors import ConfigError, DamagedFileError
+from .data import Preprocessing, SkippedImage, check_on_error, load_image, to_rgb, warn_skipped
+from .errors import ConfigError, DamagedFileError, DataError
 from .models import FrozenBackboneClassifier, attach_head, check_head, create_backbone, replace_head
 
 FORMAT_VERSION = 1
@@ -44,11 +45,26 @@ class Classifier:
 
 @dataclass
 class Prediction:
-    """The predicted class of one image, its probability and all class probabilities."""
+    """The predicted class of one image, its probability and all class probabilities.
+
+    ``index`` is the image's position in the list given to :func:`predict` and ``source`` its
+    path (or ``<image #i>`` for an in-memory image), so predictions stay matched to their images
+    even when unreadable ones were skipped."""
 
     label: str
     probability: float
     probabilities: dict[str, float]
+    index: int = -1
+    source: str = ""
+
+
+class Predictions(list):  # type: ignore[type-arg]
+    """The list :func:`predict` returns: one :class:`Prediction` per image it read, in input
+    order, plus ``skipped``: the images left out under ``on_error="skip"``."""
+
+    def __init__(self, items: Sequence[Prediction] = (), skipped: Sequence[SkippedImage] = ()) -> None:
+        super().__init__(items)
+        self.skipped: list[SkippedImage] = list(skipped)
 
 
 def save_classifier(directory: str | Path, model: nn.Module, *, architecture: str, class_names: Sequence[str],
@@ -119,25 +135,67 @@ def load_classifier(directory: str | Path, device: torch.device | str = "cpu") -
     return Classifier(model.eval().to(device), architecture, class_names, preprocessing)
 
 
+def _read(item: str | Path | Image.Image) -> Image.Image:
+    if isinstance(item, Image.Image):  # upright and RGB exactly as a file would be read
+        try:
+            return to_rgb(ImageOps.exif_transpose(item) or item)
+        except DataError:
+            raise
+        except (OSError, SyntaxError, ValueError) as err:  # a lazily opened, corrupt file
+            name = getattr(item, "filename", "") or "an in-memory image"
+            raise DataError(f"cannot decode {name} ({err}); the image data is corrupt or truncated") from None
+    if not isinstance(item, (str, Path)):
+        raise DataError(f"cannot read {type(item).__name__} as an image: pass file paths or PIL images")
+    return load_image(item)
+
+
 @torch.no_grad()
 def predict(classifier: Classifier, images: Sequence[str | Path | Image.Image], *, tta: bool = False,
-            batch_size: int = 16) -> list[Prediction]:
-    """Classify images of any mode and size. With ``tta=True``, average the probabilities of each
-    image and its mirror image (test-time augmentation)."""
+            batch_size: int = 16, on_error: str = "raise") -> Predictions:
+    """Classify images (paths or PIL images) of any mode and size, read exactly as training read
+    them (:func:`~transfer_utils.data.load_image`: upright, 16-bit and float images scaled) and
+    resized by the classifier's own :class:`~transfer_utils.data.Preprocessing`. With
+    ``tta=True``, average the probabilities of each image and its mirror image (test-time
+    augmentation).
+
+    An unreadable image raises :class:`DataError` naming it (``on_error="raise"``, the default).
+    With ``on_error="skip"`` it is left out: the result holds the other images' predictions
+    (each with its ``index`` and ``source``), ``result.skipped`` lists the left-out ones and a
+    :class:`~transfer_utils.errors.SkippedImagesWarning` names them.
+    """
+    if not isinstance(classifier, Classifier):
+        raise ConfigError(f"classifier must be a Classifier (from load_classifier), got {type(classifier).__name__}")
+    if isinstance(images, (str, Path, Image.Image)) or not isinstance(images, Sequence):
+        raise DataError(f"images must be a list of paths or PIL images, got {type(images).__name__}; "
+                        "for one image pass [image]")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_on_error(on_error)
     transform = classifier.preprocessing.eval_transform()
     device = next(classifier.model.parameters()).device
-    out: list[Prediction] = []
+    out = Predictions()
     for start in range(0, len(images), batch_size):
-        batch = []
-        for item in images[start:start + batch_size]:
-            img = item.convert("RGB") if isinstance(item, Image.Image) else load_image(item)
+        batch, kept = [], []
+        for index, item in enumerate(images[start:start + batch_size], start):
+            source = str(item) if isinstance(item, (str, Path)) else f"<image #{index}>"
+            try:
+                img = _read(item)
+            except DataError as err:
+                if on_error == "raise":
+                    raise
+                out.skipped.append(SkippedImage(index, source, str(err)))
+                continue
             batch.append(transform(img))
+            kept.append((index, source))
+        if not batch:
+            continue
         x = torch.stack(batch).to(device)
         probs = classifier.model(x).softmax(-1)
         if tta:
             probs = (probs + classifier.model(torch.flip(x, dims=[3])).softmax(-1)) / 2
-        for row in probs.cpu():
+        for (index, source), row in zip(kept, probs.cpu()):
             k = int(row.argmax())
             out.append(Prediction(classifier.class_names[k], float(row[k]),
-                                  {c: float(p) for c, p in zip(classifier.class_names, row)}))
+                                  {c: float(p) for c, p in zip(classifier.class_names, row)}, index, source))
+    warn_skipped(out.skipped, "predict")
     return out
