@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from . import assets
+from .cache import SkippedImage, load_or_compute
 from .errors import ConfigError, DataError, SkippedImagesWarning
 
 #: File extensions read as images. ``.gif`` is left out on purpose, as in torchvision's
@@ -156,17 +157,6 @@ def check_on_error(on_error: str) -> str:
                           f"'skip' (leave unreadable images out and report them), got {on_error!r}")
     return on_error
 
-
-@dataclass(frozen=True)
-class SkippedImage:
-    """An image left out under ``on_error="skip"``: its position in the input, its path and why."""
-
-    index: int
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return self.reason if self.path in self.reason else f"{self.path}: {self.reason}"
 
 
 def warn_skipped(skipped: Sequence[SkippedImage], where: str, *, stacklevel: int = 3) -> None:
@@ -612,6 +602,22 @@ def _crop_start(extent: int, size: int, inner: int | None) -> int:
     return min(max(start, 0), extent - size)
 
 
+def dataset_fingerprint(dataset: ImageFolderDataset | TensorImageDataset) -> str:
+    """sha256 over every sample's bytes (file or decoded pixels), label, and the dataset's transform."""
+    h = hashlib.sha256(repr(dataset.transform).encode())
+    if isinstance(dataset, TensorImageDataset):
+        h.update(dataset.images.contiguous().numpy().tobytes())
+        h.update(str(dataset.targets).encode())
+        return h.hexdigest()
+    for path, label in dataset.samples:
+        try:
+            h.update(hashlib.sha256(Path(path).read_bytes()).digest())
+        except OSError:  # missing or unreadable: the run reports it (or skips it) when it reads the file
+            h.update(b"<unreadable file>")
+        h.update(str(label).encode())
+    return h.hexdigest()
+
+
 def decode_images(dataset: ImageFolderDataset, size: int | None = None, *,
                   preprocessing: Preprocessing | None = None, cache_dir: str | Path | None = None,
                   tag: str = "decoded", interpolation: str | None = None,
@@ -631,7 +637,6 @@ def decode_images(dataset: ImageFolderDataset, size: int | None = None, *,
     label, the size and the interpolation, and reused while they match. ``on_error="skip"``
     leaves unreadable images out (labels stay aligned) and lists them in ``.skipped``.
     """
-    from .features import _load_or_compute, dataset_fingerprint  # features imports this module
 
     if not isinstance(dataset, ImageFolderDataset):
         raise DataError(f"decode_images reads an ImageFolderDataset (files on disk), got {type(dataset).__name__}")
@@ -688,7 +693,7 @@ def decode_images(dataset: ImageFolderDataset, size: int | None = None, *,
             images = images[:len(targets)].clone()
         return images, torch.as_tensor(targets, dtype=torch.long), skipped
 
-    stored = _load_or_compute(cache_dir, f"{tag}-{size}px-{interpolation}", key, compute)
+    stored = load_or_compute(cache_dir, f"{tag}-{size}px-{interpolation}", key, compute)
     warn_skipped(stored.skipped, f"decode_images({tag!r})")
     return TensorImageDataset(stored.x, stored.y.tolist(), dataset.classes, skipped=stored.skipped)
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from .data import as_labels
 from .errors import DataError
-from .train import forward_logits, to_device
+from .batches import forward_logits, to_device
 
 
 @dataclass

@@ -16,115 +16,32 @@ from __future__ import annotations
 import hashlib
 import json
 import numbers
-import time
-import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
-from .data import (ImageFolderDataset, SkippedImage, TensorImageDataset, as_labels, check_on_error, ensure_text,
-                   warn_skipped)
+from .cache import Features, SkippedImage, model_fingerprint
+from .cache import load_or_compute as _load_or_compute
+from .data import (
+    ImageFolderDataset,
+    TensorImageDataset,
+    as_labels,
+    check_on_error,
+    dataset_fingerprint,
+    ensure_text,
+    warn_skipped,
+)
 from .errors import ConfigError, DataError
+from .text import mean_pool, pooled_embeddings
 
-
-@dataclass
-class Features:
-    """Feature vectors ``x`` (float32, ``[N, D]``), labels ``y`` and how they were obtained.
-
-    ``skipped`` lists the images left out under ``on_error="skip"`` (``x`` and ``y`` hold the
-    others, in order, so they stay aligned)."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    key: str
-    from_cache: bool
-    seconds: float  #: time spent computing (or loading) them
-    skipped: list[SkippedImage] = field(default_factory=list)
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """sha256 over the names, shapes and values of a model's parameters and buffers."""
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(str(tuple(tensor.shape)).encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def dataset_fingerprint(dataset: ImageFolderDataset | TensorImageDataset) -> str:
-    """sha256 over every sample's bytes (file or decoded pixels), label, and the dataset's transform."""
-    h = hashlib.sha256(repr(dataset.transform).encode())
-    if isinstance(dataset, TensorImageDataset):
-        h.update(dataset.images.contiguous().numpy().tobytes())
-        h.update(str(dataset.targets).encode())
-        return h.hexdigest()
-    for path, label in dataset.samples:
-        try:
-            h.update(hashlib.sha256(Path(path).read_bytes()).digest())
-        except OSError:  # missing or unreadable: the run reports it (or skips it) when it reads the file
-            h.update(b"<unreadable file>")
-        h.update(str(label).encode())
-    return h.hexdigest()
-
-
-def _cache_path(cache_dir: Path, tag: str, key: str) -> Path:
-    return Path(cache_dir) / f"{tag}-{key[:16]}.safetensors"
-
-
-def _read_cache(path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor, list[SkippedImage]] | None:
-    """The ``(x, y, skipped)`` stored at ``path`` for ``key``; ``None`` (with a warning) if the file
-    cannot be used."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        stored = load_file(path)
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-        stored_key = meta.get("key")
-        x, y = stored["x"], stored["y"]
-        if stored_key != key or x.shape[:1] != y.shape:
-            raise ValueError("it holds other features" if stored_key != key else "x and y differ in length")
-        skipped = [SkippedImage(**s) for s in json.loads(meta.get("skipped", "[]"))]
-    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as err:
-        warnings.warn(f"the cache file {path} is damaged ({err}); recomputing it and overwriting the file",
-                      stacklevel=4)
-        return None
-    return x, y, skipped
-
-
-def _load_or_compute(cache_dir: str | Path | None, tag: str, key: str, compute) -> Features:  # type: ignore[no-untyped-def]
-    """Read ``(x, y)`` for ``key`` from the cache, or store what ``compute()`` returns, ``(x, y)`` or
-    ``(x, y, skipped)`` (the skipped images travel in the file's metadata), atomically. A cache file
-    that cannot be read is a cache miss: it is recomputed and overwritten, with a warning."""
-    start = time.perf_counter()
-    if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
-        raise ConfigError(f"cache_dir {cache_dir} is a file; pass a folder (it is created if missing) or None")
-    if cache_dir is not None:
-        path = _cache_path(Path(cache_dir), tag, key)
-        stored = _read_cache(path, key) if path.is_file() else None
-        if stored is not None:
-            return Features(*stored[:2], key, True, time.perf_counter() - start, stored[2])
-    x, y, *rest = compute()
-    skipped = list(rest[0]) if rest else []
-    if cache_dir is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        part = path.with_name(path.name + ".part")
-        try:
-            save_file({"x": x.contiguous(), "y": y.contiguous()}, part,
-                      metadata={"key": key, "tag": tag, "skipped": json.dumps([asdict(s) for s in skipped])})
-            part.replace(path)
-        finally:
-            part.unlink(missing_ok=True)
-    return Features(x, y, key, False, time.perf_counter() - start, skipped)
+__all__ = ["Features", "model_fingerprint", "dataset_fingerprint", "extract_features", "mean_pool", "embed_texts",
+           "extract_text_features", "tokenizer_fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -234,11 +151,6 @@ def _sample_path(dataset: ImageFolderDataset | TensorImageDataset, index: int) -
     return str(samples[index][0]) if samples is not None else f"<image #{index}>"
 
 
-def mean_pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Average token vectors, ignoring padding (the pooling all-MiniLM-L6-v2 was trained with)."""
-    mask = attention_mask.unsqueeze(-1).to(last_hidden.dtype)
-    return (last_hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-
 
 def embed_texts(
     tokenizer,  # type: ignore[no-untyped-def]
@@ -256,8 +168,6 @@ def embed_texts(
     input order. Bytes must be UTF-8; empty strings are allowed (they embed ``[CLS] [SEP]``).
     Chapter 6 builds it: :func:`transfer_utils.text.pooled_embeddings` computes both poolings.
     """
-    from .text import pooled_embeddings
-
     if pooling not in ("mean", "cls"):
         raise ConfigError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
     return pooled_embeddings(tokenizer, encoder, texts, max_length=max_length, batch_size=batch_size,

@@ -31,10 +31,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .batches import to_device
 from .data import as_labels, ensure_text
 from .errors import ConfigError, DamagedFileError, DataError
-from .features import mean_pool
-from .train import to_device
 
 #: Which word pieces to keep when a text is longer than ``max_length``.
 TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
@@ -185,6 +184,13 @@ def set_dropout(model: nn.Module, p: float) -> int:
 # ----------------------------------------------------------------------------------------------
 # Frozen embeddings
 # ----------------------------------------------------------------------------------------------
+
+
+def mean_pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average token vectors, ignoring padding (the pooling all-MiniLM-L6-v2 was trained with)."""
+    mask = attention_mask.unsqueeze(-1).to(last_hidden.dtype)
+    return (last_hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
 
 
 @torch.no_grad()

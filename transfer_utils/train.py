@@ -30,6 +30,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .batches import (  # re-exported: train.to_device, train.forward_logits
+    forward_logits,
+    to_device,
+)
 from .data import check_labels
 from .errors import ConfigError, DamagedFileError, NonFiniteLossError
 from .models import frozen_batchnorm_eval
@@ -251,19 +255,6 @@ def _reseed(seed: int, epoch: int, loader: DataLoader) -> None:
     torch.manual_seed(seed + epoch)
     if loader.generator is not None:
         loader.generator.manual_seed(seed + epoch)
-
-
-def to_device(inputs: Any, device: torch.device | str) -> Any:
-    """Move a batch's inputs to ``device``: a tensor, or a dict of tensors (a tokenised text batch)."""
-    if isinstance(inputs, Mapping):
-        return {k: v.to(device) for k, v in inputs.items()}
-    return inputs.to(device)
-
-
-def forward_logits(model: nn.Module, inputs: Any) -> torch.Tensor:
-    """``model(inputs)`` for tensors, ``model(**inputs).logits`` for a Hugging Face model fed a dict."""
-    out = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
-    return out.logits if hasattr(out, "logits") else out
 
 
 def _run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable[..., torch.Tensor], device: torch.device, *,
