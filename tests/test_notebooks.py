@@ -100,6 +100,7 @@ def test_feature_extraction_results(executed_notebooks: dict[str, Path]) -> None
     ("05_resnet_case_study.ipynb", "backbone: ", "resnet18"),
     ("06_bert_case_study.ipynb", "text model: ", "google/bert_uncased_L-4_H-512_A-8"),  # the CPU default
     ("07_applications.ipynb", "backbone: ", "resnet18"),
+    ("09_parameter_efficient.ipynb", "text model: ", "google/bert_uncased_L-4_H-512_A-8"),  # the CPU default
 ])
 def test_substitutions_are_announced(executed_notebooks: dict[str, Path], name: str, prefix: str, default: str) -> None:
     """Whenever a notebook ran with another model than its default, it said so."""
