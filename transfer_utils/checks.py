@@ -14,7 +14,7 @@ Example::
 
 One check per chapter beyond chapter 2: :func:`batchnorm_halfway` (1), :func:`mean_pooling` (3),
 :func:`stage_learning_rates` (4), :func:`confident_mistakes` (5), :func:`head_tail_truncation`
-(6), :func:`distillation_loss` (7), :func:`batchnorm_moments` (8), :func:`lora_delta` (9).
+(6), :func:`distillation_loss` (7), :func:`batchnorm_moments` (8), :func:`lora_delta` (09, parameter-efficient).
 """
 
 from __future__ import annotations
@@ -523,7 +523,7 @@ def batchnorm_moments(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], o
 
 
 def lora_delta(fn: Callable[[torch.Tensor, torch.Tensor, float, int], object], seed: int = 0) -> CheckResult:
-    """Chapter 9, exercise ``ex-peft-merge``: ``fn(A, B, alpha, r)`` gets a LoRA pair — ``A`` of shape
+    """The parameter-efficient chapter (09), exercise ``ex-peft-merge``: ``fn(A, B, alpha, r)`` gets a LoRA pair — ``A`` of shape
     ``[r, d_in]``, ``B`` of shape ``[d_out, r]`` — and must return the update ``(alpha / r) · B A`` that
     merging adds to the frozen weight, shaped like it: ``[d_out, d_in]``, like :func:`transfer_utils.lora.lora_delta`."""
     from .lora import lora_delta as reference

@@ -1,13 +1,14 @@
 """Parameter-efficient fine-tuning, by hand: LoRA layers, merging, and what a training step holds.
 
-Chapter 9 builds :class:`LoRALinear` in a notebook cell and then uses ``peft``; this module keeps
+The parameter-efficient chapter (``notebooks/09_parameter_efficient.ipynb``) builds
+:class:`LoRALinear` in a notebook cell and then uses ``peft``; this module keeps
 the same class (a test checks that the chapter's cell is this code), the merge, and the
 measurements the chapter's comparison table needs.
 
 Example::
 
     wrapped = add_lora(model, targets=("query", "value"), r=8, alpha=16)   # BERT-family names
-    train_only(model, lambda name: ".A" in name or ".B" in name or name.startswith("classifier"))
+    train_only(model, lambda name: name.endswith((".A", ".B")) or name.startswith("classifier"))
     ...                                                                 # train
     merge_lora(model)                                                   # back to plain nn.Linear layers
 """
