@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .train import forward_logits
+from .train import forward_logits, to_device
 
 
 def lora_delta(A: torch.Tensor, B: torch.Tensor, alpha: float, r: int) -> torch.Tensor:
@@ -124,6 +124,7 @@ class StepMemory:
     gradients: int      #: one gradient per trainable parameter
     optimizer: int      #: AdamW's two moments per trainable parameter
     activations: int    #: tensors autograd saved for the backward pass (parameters excluded)
+    cuda_peak: int | None = None  #: on a CUDA device: the allocator's peak during the step, minus what it held before
 
     @property
     def total(self) -> int:
@@ -134,8 +135,16 @@ def step_memory(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch
     """Run one AdamW step on a copy of ``model`` and count what it held (the model is not changed).
 
     Activations are counted with ``torch.autograd.graph.saved_tensors_hooks`` (each storage once);
-    on a CUDA device ``torch.cuda.max_memory_allocated`` gives the allocator's view as well.
+    on a CUDA device ``torch.cuda.max_memory_allocated`` gives the allocator's view as well. The
+    inputs are moved to the model's device.
     """
+    device = next(model.parameters()).device
+    inputs, labels = to_device(inputs, device), labels.to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
     model = copy.deepcopy(model).train()
     param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
@@ -152,10 +161,11 @@ def step_memory(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
     optimizer.step()
+    cuda_peak = torch.cuda.max_memory_allocated(device) - before if cuda else None
     nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
     return StepMemory(
         weights=nbytes(model.parameters()),
         gradients=nbytes(p.grad for p in trainable if p.grad is not None),
         optimizer=nbytes(v for s in optimizer.state.values() for v in s.values()
                          if isinstance(v, torch.Tensor) and v.dim() > 0),
-        activations=sum(saved.values()))
+        activations=sum(saved.values()), cuda_peak=cuda_peak)
