@@ -143,6 +143,7 @@ def test_step_memory_counts_state_and_leaves_the_model_alone() -> None:
     n = sum(p.numel() for p in full.parameters())
     assert m_full.weights == m_full.gradients == 4 * n and m_full.optimizer == 8 * n
     assert m_full.activations > 0 and m_full.total == 16 * n + m_full.activations
+    assert m_full.cuda_peak is None                          # only measured on a CUDA device
     adapted = _tiny_bert()
     lora.add_lora(adapted, r=2, alpha=4)
     n_train = lora.train_only(adapted, IS_TRAINABLE)
