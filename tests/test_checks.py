@@ -257,3 +257,26 @@ def test_check_cells_say_not_yet_as_shipped_and_pass_with_the_solution(path: Pat
         _run_cell(solution[0], namespace)
         result = getattr(checks, check)(namespace[name])
         assert result, f"{path.name}: the printed solution for {check} fails its own check: {result}"
+
+
+def test_lora_delta_right_and_wrong() -> None:
+    right = lambda A, B, a, r: (a / r) * (B @ A)  # noqa: E731
+    assert checks.lora_delta(right) and checks.lora_delta(right, seed=7)
+    assert "scale alpha / r is missing" in checks.lora_delta(lambda A, B, a, r: B @ A).message
+    assert "upside down" in checks.lora_delta(lambda A, B, a, r: (r / a) * (B @ A)).message
+    assert "not divided by the rank" in checks.lora_delta(lambda A, B, a, r: a * (B @ A)).message
+    assert "alpha is missing" in checks.lora_delta(lambda A, B, a, r: (B @ A) / r).message
+    r = checks.lora_delta(lambda A, B, a, r: (a / r) * (A.T @ B.T))
+    assert not r and ("transposed" in r.message or "out_features × in_features" in r.message)
+    assert "returned None" in checks.lora_delta(lambda A, B, a, r: None).message
+    # the check's reference is what merging a trained LoRA layer adds to its weight
+    from torch import nn
+
+    from transfer_utils import lora
+    layer = lora.LoRALinear(nn.Linear(5, 3), r=2, alpha=4)
+    with torch.no_grad():
+        layer.B.normal_()
+    w0 = layer.base.weight.detach().clone()
+    holder = nn.Sequential(layer)
+    lora.merge_lora(holder)
+    torch.testing.assert_close(holder[0].weight - w0, right(layer.A, layer.B, 4, 2).detach())

@@ -111,6 +111,7 @@ def test_feature_extraction_results(executed_notebooks: dict[str, Path]) -> None
     ("05_resnet_case_study.ipynb", "backbone: ", "resnet18"),
     ("06_bert_case_study.ipynb", "text model: ", "google/bert_uncased_L-4_H-512_A-8"),  # the CPU default
     ("07_applications.ipynb", "backbone: ", "resnet18"),
+    ("09_parameter_efficient.ipynb", "text model: ", "google/bert_uncased_L-4_H-512_A-8"),  # the CPU default
 ])
 def test_substitutions_are_announced(executed_notebooks: dict[str, Path], name: str, prefix: str, default: str) -> None:
     """Whenever a notebook ran with another model than its default, it said so."""
@@ -249,6 +250,41 @@ def test_bert_case_study_results(executed_notebooks: dict[str, Path]) -> None:
 
 
 @pytest.mark.notebooks
+def test_parameter_efficient_results(executed_notebooks: dict[str, Path]) -> None:
+    """The parameter-efficient chapter on the CI subset (400 sentences, 2 epochs): LoRA starts exactly at the pretrained model, merges without changing a
+    prediction, trains the same parameters by hand and with peft (under 1 % of the model), and the
+    family table and the two-adapter section say what they measured."""
+    nb = nbformat.read(executed_notebooks["09_parameter_efficient.ipynb"], as_version=4)
+    glued = read_glued(nb)
+    num = {k: float(v) for k, v in glued.items() if _is_number(v)}
+    assert glued["same_start"] == "True"                                   # B = 0: the pretrained function
+    assert glued["merge_same_preds"] == "True" and num["merge_max_diff"] < 1e-4 and num["merge_leftover"] == 0
+    assert num["hand_trainable"] == num["peft_trainable"] and num["hand_share"] <= 0.01
+    assert num["lora_share"] <= 0.01
+    assert glued["peft_within_noise"] == "True" and num["peft_diff"] <= num["peft_two_se"]
+    assert num["hand_acc"] > 0.6 and num["lora_acc"] > 0.6                  # LoRA learns the task
+    assert num["gap_frozen"] > num["family_se2"]                           # and beats the frozen encoder + head
+    # the verdicts in the prose follow the measured gaps, whichever way they went
+    for key, gap in (("lora_vs_frozen", "gap_frozen"), ("lora_vs_full", "gap_full"), ("prompt_vs_lora", "gap_prompt")):
+        words = _glued_markdown(nb, key)
+        if abs(num[gap]) <= num["family_se2"]:
+            assert "within the noise" in words, (key, words)
+        else:
+            assert ("beats" in words or "trails" in words), (key, words)
+    assert num["opt_lora"] < 0.05 * num["opt_full"]                        # gradients + AdamW moments shrink
+    assert num["act_lora"] > 0.5 * num["act_full"]                         # activations do not
+    assert num["adapter_kb"] * 1e-3 < 0.05 * num["full_mb"]                # the adapter is a small file
+    assert glued["rt_adapter_reloaded"] == "True" and glued["base_untouched"] == "True"
+    assert num["switch_rt_on_rt"] == num["peft_acc"]                        # the reloaded adapter is the trained one
+    verdict = _glued_markdown(nb, "switch_verdict")                        # the prose says which way IMDB went
+    assert ("beats the sibling" in verdict) == (num["imdb_own_gain"] > 0 and "within the noise" not in verdict)
+    assert ("*worse*" in verdict) == (num["imdb_own_gain"] < 0 and "within the noise" not in verdict)
+    text = _outputs_text(nb)
+    assert "trainable params:" in text                                     # peft's own report
+    assert "adapter_model.safetensors" in text and "adapter_config.json" in text
+
+
+@pytest.mark.notebooks
 def test_scaling_out_results(executed_notebooks: dict[str, Path]) -> None:
     """The appendix: two processes (DDP and accelerate) end with the single process's weights up to
     float32 rounding, a genuinely different run (twice the global batch) does not, and BatchNorm
@@ -288,6 +324,16 @@ def test_applications_results(executed_notebooks: dict[str, Path]) -> None:
     for method in ("source only", "DANN", "AdaBN", "student, distilled", "prototypes", "zero-shot (descriptions)",
                    "shared encoder, two heads", "stacking"):
         assert method in text or method in _html_text(nb), f"{method!r} missing from the chapter's output"
+
+
+def _glued_markdown(nb, name: str) -> str:
+    """The Markdown text of a value glued as ``IPython.display.Markdown`` (its text/plain is only a repr)."""
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            meta = out.get("metadata", {}).get("scrapbook")
+            if meta and meta["name"] == name:
+                return out["data"][meta["mime_prefix"] + "text/markdown"]
+    raise KeyError(name)
 
 
 def _is_number(value: str) -> bool:

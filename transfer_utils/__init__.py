@@ -21,7 +21,8 @@ are arranged in layers, and a module imports only from layers below its own
    predict), :mod:`~transfer_utils.plots`, :mod:`~transfer_utils.transferability` (LogME)
 8. Chapter methods — :mod:`~transfer_utils.gradcheck`, :mod:`~transfer_utils.forgetting`,
    :mod:`~transfer_utils.explain` (Grad-CAM), :mod:`~transfer_utils.adaptation` (DANN, AdaBN),
-   :mod:`~transfer_utils.distill`, :mod:`~transfer_utils.fewshot`, :mod:`~transfer_utils.distributed`
+   :mod:`~transfer_utils.distill`, :mod:`~transfer_utils.fewshot`, :mod:`~transfer_utils.distributed`,
+   :mod:`~transfer_utils.lora` (LoRA by hand, chapter 9)
 9. :mod:`~transfer_utils.checks` — the self-checks of the exercises
 10. Book tooling (not for learners) — :mod:`~transfer_utils.book` (execute and build),
     :mod:`~transfer_utils.bench` (the benchmarks appendix)
@@ -38,7 +39,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("text", "models"),
     ("features", "train", "evaluate", "schedules", "regularization"),
     ("recipes", "inference", "plots", "transferability"),
-    ("gradcheck", "forgetting", "explain", "adaptation", "distill", "fewshot", "distributed"),
+    ("gradcheck", "forgetting", "explain", "adaptation", "distill", "fewshot", "distributed", "lora"),
     ("checks",),
     ("book", "bench"),
 )

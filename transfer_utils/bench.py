@@ -80,6 +80,14 @@ HEADLINES: dict[str, dict[str, str]] = {
         "ddp_wall": "two processes with DDP, seconds including start-up (s)",
         "accelerate_wall": "two processes with accelerate, seconds including start-up (s)",
     },
+    "09_parameter_efficient.ipynb": {
+        "full_acc": "Rotten Tomatoes subset, full fine-tuning",
+        "frozen_acc": "Rotten Tomatoes subset, frozen encoder + head",
+        "lora_acc": "Rotten Tomatoes subset, LoRA r=8 on query and value (peft)",
+        "hand_acc": "Rotten Tomatoes subset, LoRA r=8 built by hand",
+        "prompt_acc": "Rotten Tomatoes subset, prompt tuning (20 tokens)",
+        "lora_share": "LoRA r=8: share of parameters trained",
+    },
 }
 
 SCALES = ("ci", "full")

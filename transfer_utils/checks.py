@@ -14,7 +14,7 @@ Example::
 
 One check per chapter beyond chapter 2: :func:`batchnorm_halfway` (1), :func:`mean_pooling` (3),
 :func:`stage_learning_rates` (4), :func:`confident_mistakes` (5), :func:`head_tail_truncation`
-(6), :func:`distillation_loss` (7), :func:`batchnorm_moments` (8).
+(6), :func:`distillation_loss` (7), :func:`batchnorm_moments` (8), :func:`lora_delta` (09, parameter-efficient).
 """
 
 from __future__ import annotations
@@ -520,3 +520,28 @@ def batchnorm_moments(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], o
     ]
     return _compare("BatchNorm moments", fn, cases, mistakes, reference="the moments of the whole batch",
                     shape_hint="mean and var, one value per channel", call=_moments)
+
+
+def lora_delta(fn: Callable[[torch.Tensor, torch.Tensor, float, int], object], seed: int = 0) -> CheckResult:
+    """The parameter-efficient chapter (09), exercise ``ex-peft-merge``: ``fn(A, B, alpha, r)`` gets a LoRA pair — ``A`` of shape
+    ``[r, d_in]``, ``B`` of shape ``[d_out, r]`` — and must return the update ``(alpha / r) · B A`` that
+    merging adds to the frozen weight, shaped like it: ``[d_out, d_in]``, like :func:`transfer_utils.lora.lora_delta`."""
+    from .lora import lora_delta as reference
+
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for d_in, d_out, r, alpha in ((6, 4, 2, 16.0), (5, 9, 3, 8.0), (12, 7, 4, 4.0), (8, 8, 1, 2.0), (10, 3, 8, 32.0)):
+        A = torch.randn(r, d_in, generator=g, dtype=torch.float64)
+        B = torch.randn(d_out, r, generator=g, dtype=torch.float64)
+        cases.append(((A, B, alpha, r), reference(A, B, alpha, r)))
+    mistakes = [
+        (lambda A, B, a, r: B @ A, "the product is right but the scale alpha / r is missing: the merged model would not "
+                                   "compute what the trained one did."),
+        (lambda A, B, a, r: (r / a) * (B @ A), "the scale is upside down: the LoRA path multiplies by alpha / r."),
+        (lambda A, B, a, r: a * (B @ A), "scaled by alpha, but not divided by the rank."),
+        (lambda A, B, a, r: (B @ A) / r, "divided by the rank, but alpha is missing."),
+        (lambda A, B, a, r: (a / r) * (B @ A).T, "the update is transposed: an nn.Linear stores its weight as "
+                                                 "out_features × in_features."),
+    ]
+    return _compare("LoRA merge", fn, cases, mistakes, reference="lora.lora_delta",
+                    shape_hint="the update has the frozen weight's shape, out_features × in_features")
