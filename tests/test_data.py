@@ -456,6 +456,8 @@ def test_arguments_are_checked_where_they_enter(tmp_path: Path) -> None:
     prep = data.Preprocessing(20, 24, "bicubic", (0.5,) * 3, (0.5,) * 3)
     with pytest.raises(ConfigError, match="contradicts"):
         data.decode_images(folder, preprocessing=prep, interpolation="bilinear")
+    with pytest.raises(DataError, match="no images"):
+        data.decode_images(folder.subset([]), preprocessing=prep)
     with pytest.raises(ConfigError, match="size= or preprocessing="):
         data.decode_images(folder)
     with pytest.raises(ConfigError, match="unknown interpolation"):

@@ -198,6 +198,8 @@ def test_extract_features_checks_its_arguments(tmp_path: Path) -> None:
     ds, trunk = _dataset(tmp_path / "imgs"), _trunk()
     with pytest.raises(ConfigError, match="batch_size"):
         features.extract_features(trunk, ds, batch_size=0)
+    with pytest.raises(DataError, match="no images"):
+        features.extract_features(trunk, ds.subset([]))
     with pytest.raises(ConfigError, match="num_workers"):
         features.extract_features(trunk, ds, num_workers=-1)
     with pytest.raises(ConfigError, match="on_error"):

@@ -640,6 +640,8 @@ def decode_images(dataset: ImageFolderDataset, size: int | None = None, *,
 
     if not isinstance(dataset, ImageFolderDataset):
         raise DataError(f"decode_images reads an ImageFolderDataset (files on disk), got {type(dataset).__name__}")
+    if len(dataset) == 0:
+        raise DataError("the dataset holds no images (an empty subset?); there is nothing to decode")
     if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
         raise ConfigError(f"preprocessing must be a Preprocessing (e.g. backbone.preprocessing), "
                           f"got {type(preprocessing).__name__}")

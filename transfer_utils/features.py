@@ -102,6 +102,8 @@ def extract_features(
                           f"got {type(trunk).__name__}")
     if not isinstance(dataset, (ImageFolderDataset, TensorImageDataset)):
         raise DataError(f"dataset must be an ImageFolderDataset or a TensorImageDataset, got {type(dataset).__name__}")
+    if len(dataset) == 0:
+        raise DataError("the dataset holds no images (an empty subset?); there is nothing to extract")
     if dataset.transform is None:
         raise DataError("the dataset has no transform, so it yields images, not tensors: pass "
                         "dataset.with_transform(preprocessing.eval_transform()) (or tensor_transform(train=False) "
