@@ -27,7 +27,7 @@ export TORCH_HOME   := $(CURDIR)/.cache/torch
 export PYTHONUNBUFFERED := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: env assets book pdf test lab chromium clean bench test-compat
+.PHONY: env assets book pdf test lab chromium clean bench test-compat compat-venv
 
 $(VENV)/.installed: requirements.txt requirements-assets.txt pyproject.toml
 	@echo "== creating the environment in $(VENV) (first time: a few minutes)"
@@ -46,13 +46,13 @@ assets: env
 
 book: assets
 	@echo "== executing the chapters (SCALE=$(SCALE)) and building the book"
-	$(PY) -m transfer_utils.book all --scale $(SCALE) --edition $(EDITION)
+	$(PY) -m tools.book all --scale $(SCALE) --edition $(EDITION)
 	@echo "== open $(if $(filter student,$(EDITION)),_build/student/_build/html,_build/html)/index.html"
 
 # The whole book on one page and as a PDF (Chromium prints it, offline), from the chapters that
 # `make book` executed: _build/print/transfer-learning-with-pytorch.pdf
 pdf: assets chromium
-	$(PY) -m transfer_utils.book print --scale $(SCALE)
+	$(PY) -m tools.book print --scale $(SCALE)
 	@echo "== open _build/print/transfer-learning-with-pytorch.pdf"
 
 chromium:
@@ -64,7 +64,8 @@ test: assets chromium
 	@echo "== fast lane: unit tests (no chapter execution, no book build); a failure here stops the run"
 	$(PY) -m pytest -m "not notebooks and not book and not colab" $(PYTEST_ARGS)
 	@echo "== slow lane: each chapter executed once at CI scale, the book with -W, the HTML, the Colab mimic"
-	$(PY) -m pytest -m "notebooks or book or colab" $(PYTEST_ARGS)
+	$(MAKE) compat-venv COMPAT=colab
+	MIRROR="$(MIRROR)" $(PY) -m pytest -m "notebooks or book or colab" $(PYTEST_ARGS)
 
 lab: assets
 	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
@@ -76,10 +77,10 @@ clean:
 # (bench/results/$(BENCH_LABEL).json); the appendix page book/benchmarks.md is rebuilt from them.
 BENCH_LABEL ?= $(shell hostname)
 bench: assets
-	$(PY) -m transfer_utils.book execute --scale ci
-	$(PY) -m transfer_utils.book execute --scale full
-	$(PY) -m transfer_utils.bench collect --label "$(BENCH_LABEL)"
-	$(PY) -m transfer_utils.bench render
+	$(PY) -m tools.book execute --scale ci
+	$(PY) -m tools.book execute --scale full
+	$(PY) -m tools.bench collect --label "$(BENCH_LABEL)"
+	$(PY) -m tools.bench render
 
 # The version ranges of pyproject.toml, run (outside `make test`; see compat/*.txt):
 #   make test-compat COMPAT=min     the lowest versions pyproject.toml allows
@@ -89,15 +90,23 @@ bench: assets
 # CI scale, and writes _build/compat-$(COMPAT).log.
 COMPAT ?= min
 CVENV  := .venv-compat-$(COMPAT)
+# Colab's interpreter is Python 3.12 (3.13 would need pandas >= 2.2.3: 2.2.2 has no 3.13 wheel).
+# The first Python 3.12 that runs (on PATH, or installed by pyenv without being selected); else $(PYTHON).
+PYTHON312 := $(firstword $(foreach p,python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12),\
+               $(if $(shell $(p) -c "import sys" 2>/dev/null && echo ok),$(p))))
+COMPAT_PYTHON ?= $(if $(filter colab,$(COMPAT)),$(or $(PYTHON312),$(PYTHON)),$(PYTHON))
 CHAPTERS_COMPAT ?= 03_feature_extraction.ipynb 04_fine_tuning.ipynb 06_bert_case_study.ipynb
-test-compat: assets
-	test -x $(CVENV)/bin/python || $(PYTHON) -m venv $(CVENV)
+# compat-venv builds (or brings up to date) that venv alone; `make test` builds the Colab one, whose
+# packages tests/test_colab.py shows to its Colab mimic as the preinstalled ones.
+compat-venv:
+	test -x $(CVENV)/bin/python || $(COMPAT_PYTHON) -m venv $(CVENV)
 	$(CVENV)/bin/python -m pip install --quiet --upgrade pip "setuptools>=77"
 	$(CVENV)/bin/python -m pip install --quiet -r compat/$(COMPAT).txt pytest==9.2.0 papermill==2.7.0 \
 	  ipykernel==7.4.0 nbformat pyyaml scipy
 	$(CVENV)/bin/python -m pip install --quiet --no-deps -r requirements-assets.txt
 	$(CVENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+test-compat: assets compat-venv
 	mkdir -p _build
 	set -o pipefail; { $(CVENV)/bin/python -m pip freeze; \
 	  $(CVENV)/bin/python -m pytest -m "not notebooks and not book and not colab" -p no:cacheprovider $(PYTEST_ARGS) && \
-	  $(CVENV)/bin/python -m transfer_utils.book execute --scale ci --only $(CHAPTERS_COMPAT); } 2>&1 | tee _build/compat-$(COMPAT).log
+	  $(CVENV)/bin/python -m tools.book execute --scale ci --only $(CHAPTERS_COMPAT); } 2>&1 | tee _build/compat-$(COMPAT).log

@@ -3,12 +3,13 @@ those executions, so the notebook tests and the book tests never run a chapter t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from transfer_utils import book
+from tools import book
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,3 +36,51 @@ def built_site(executed_notebooks: dict[str, Path]) -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``config.resolve_offline`` switches the Hugging Face libraries offline for the whole process
+    (environment and ``huggingface_hub.constants``): undo it after each test, so that a test that
+    turns it on cannot hide the hub from a later one (tests/test_online.py serves a loopback hub)."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", constants.HF_HUB_OFFLINE)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def timm_param_groups_weight_decay():
+    """timm's own weight-decay grouping, the reference for ours: ``timm.optim.param_groups_weight_decay``
+    in newer timm; ``timm.optim.optim_factory``'s in timm 1.0.3 (the floor pyproject allows), which
+    newer timm still re-exports, with a FutureWarning (hence the first choice)."""
+    import timm.optim
+
+    found = getattr(timm.optim, "param_groups_weight_decay", None)
+    if found is None:
+        from timm.optim.optim_factory import param_groups_weight_decay as found
+    return found
+
+
+@pytest.fixture
+def hub_lookups(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Host names looked up while the test runs (none can be reached: each lookup fails at once,
+    and retries do not sleep). huggingface_hub's one user-agent probe is not counted."""
+    import socket
+    import traceback
+
+    lookups: list[object] = []
+
+    def no_network(host, *args, **kwargs):
+        files = {frame.filename for frame in traceback.extract_stack()}
+        if not any(f.endswith("_detect_agent.py") for f in files):
+            lookups.append(host)
+        raise socket.gaierror(f"test: no network ({host})")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    return lookups

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transfer_utils import adaptation, distill, fewshot
-from transfer_utils.errors import ConfigError
+from transfer_utils.errors import ConfigError, DataError
 
 
 def test_gradient_reversal_is_identity_forward_and_negated_backward() -> None:
@@ -59,6 +59,19 @@ def test_dann_recovers_target_accuracy_that_source_only_loses() -> None:
         assert acc[True] >= acc[False] - 0.01
         gains.append(acc[True] - acc[False])
     assert sum(gains) / len(gains) > 0.05, gains
+
+
+def test_rotated_moons_turns_the_points_about_their_centre_and_keeps_the_labels() -> None:
+    xs, ys = adaptation.rotated_moons(200, 0, seed=3)
+    xr, yr = adaptation.rotated_moons(200, 90, seed=3)
+    assert xs.shape == (200, 2) and xs.dtype == torch.float32 and ys.dtype == torch.long
+    assert torch.equal(ys, yr) and set(ys.tolist()) == {0, 1}
+    centre = torch.tensor([0.5, 0.25])
+    # a quarter turn: (dx, dy) -> (-dy, dx) about the centre; lengths unchanged
+    assert torch.allclose(xr - centre, torch.stack([-(xs - centre)[:, 1], (xs - centre)[:, 0]], 1), atol=1e-5)
+    assert not torch.allclose(adaptation.rotated_moons(200, 0, seed=4)[0], xs)
+    with pytest.raises(ConfigError, match="at least 2"):
+        adaptation.rotated_moons(1)
 
 
 def test_dann_refuses_bad_input() -> None:
@@ -167,7 +180,7 @@ def test_adabn_that_fails_leaves_the_statistics_as_they_were() -> None:
     before = {k: v.clone() for k, v in net[1].state_dict().items()}
     with pytest.raises(ConfigError, match="no target images"):
         adaptation.adapt_batchnorm(net, [])
-    with pytest.raises(RuntimeError):
+    with pytest.raises(DataError, match="the model rejects batch 1"):  # was torch's raw RuntimeError
         adaptation.adapt_batchnorm(net, [torch.randn(4, 3, 8, 8), torch.randn(4, 5, 8, 8)])  # 5 channels: rejected
     for k, v in before.items():
         assert torch.equal(net[1].state_dict()[k], v), f"{k} was lost"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from transfer_utils import assets, data, models
-from transfer_utils.errors import AssetUnavailableError, ChecksumMismatchError
+from transfer_utils.errors import AssetUnavailableError, ChecksumMismatchError, TransferUtilsError
 
 
 def _sha(b: bytes) -> str:
@@ -375,24 +375,37 @@ def test_imagenet_samples_from_the_canonical_archive_and_a_corrupt_one(tmp_path:
         assets.fetch_sample_images("cifar_samples")
 
 
-def test_web_asset_is_extracted_from_a_verified_archive(tmp_path: Path, monkeypatch) -> None:
-    """The book's mermaid.js: the registry's tarball, checked, one member extracted atomically."""
+@pytest.mark.parametrize("filters", [True, False], ids=["with tarfile filters", "Python < 3.11.4"])
+def test_a_tar_is_unpacked_safely_with_or_without_extraction_filters(tmp_path, monkeypatch, filters) -> None:
+    """Python 3.10.0-3.10.11 and 3.11.0-3.11.3 lack ``extractall(filter=...)`` (``requires-python`` allows
+    them): a normal archive still unpacks, and a member that escapes the folder is still refused."""
     import io
     import tarfile
 
-    payload = b"window.mermaid = {};\n"
-    archive = tmp_path / "lib-1.0.0.tgz"
-    with tarfile.open(archive, "w:gz") as tar:
-        info = tarfile.TarInfo("package/dist/lib.min.js")
-        info.size = len(payload)
-        tar.addfile(info, io.BytesIO(payload))
-    good = assets.WebAsset("lib", archive.as_uri(), assets.sha256_file(archive), "package/dist/lib.min.js", "MIT")
-    monkeypatch.setenv("TL_DATA_HOME", str(tmp_path / "home"))
-    monkeypatch.setitem(assets.WEB_ASSETS, "lib", dataclasses.replace(good, sha256="0" * 64))
-    with pytest.raises(ChecksumMismatchError):
-        assets.fetch_web_asset("lib")
-    assert not list((tmp_path / "home").rglob("*.js")) and not list((tmp_path / "home").rglob("*.tgz"))
-    monkeypatch.setitem(assets.WEB_ASSETS, "lib", good)
-    js = assets.fetch_web_asset("lib")
-    assert js.read_bytes() == payload and js.name == "lib.min.js"
-    assert assets.WEB_ASSETS["mermaid"].member.endswith("mermaid.min.js")
+    from transfer_utils.assets import _safe_extract
+
+    if not filters:  # as on those Pythons: no data_filter, and extractall takes no filter argument
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+        extractall = tarfile.TarFile.extractall
+
+        def old_extractall(self, path=".", members=None, *, numeric_owner=False, **kwargs):
+            if kwargs:
+                raise TypeError(f"extractall() got an unexpected keyword argument {next(iter(kwargs))!r}")
+            return extractall(self, path, members, numeric_owner=numeric_owner, filter="fully_trusted")
+
+        monkeypatch.setattr(tarfile.TarFile, "extractall", old_extractall)
+
+    def tar(name: str, members: dict[str, bytes]) -> Path:
+        path = tmp_path / name
+        with tarfile.open(path, "w:gz") as tf:
+            for member, data in members.items():
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+        return path
+
+    _safe_extract(tar("good.tar.gz", {"d/a.txt": b"hello"}), tmp_path / "out")
+    assert (tmp_path / "out" / "d" / "a.txt").read_bytes() == b"hello"
+    with pytest.raises(TransferUtilsError):
+        _safe_extract(tar("evil.tar.gz", {"../escaped.txt": b"x"}), tmp_path / "out2")
+    assert not (tmp_path / "escaped.txt").exists()

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from transfer_utils import bench
+from tools import bench
 from transfer_utils.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_the_appendix_page_shows_the_committed_results(tmp_path: Path) -> None:
     page = tmp_path / "benchmarks.md"
     page.write_text((REPO / "book" / "benchmarks.md").read_text())
     bench.render(REPO / "bench" / "results", page)
-    assert page.read_text() == (REPO / "book" / "benchmarks.md").read_text(), "run `python -m transfer_utils.bench render`"
+    assert page.read_text() == (REPO / "book" / "benchmarks.md").read_text(), "run `python -m tools.bench render`"
     assert "| 04_fine_tuning |" in page.read_text()
 
 
@@ -105,4 +105,41 @@ def test_headlines_exist_in_the_chapters(executed_notebooks: dict[str, Path]) ->
     for name, headlines in bench.HEADLINES.items():
         glued = read_glued(nbformat.read(executed_notebooks[name], as_version=4))
         missing = set(headlines) - set(glued)
-        assert not missing, f"{name} no longer glues {missing}: update transfer_utils.bench.HEADLINES"
+        assert not missing, f"{name} no longer glues {missing}: update tools.bench.HEADLINES"
+
+
+def test_chapter_headers_and_the_instructors_guide_show_the_committed_times(tmp_path: Path) -> None:
+    """Each chapter's header time and the guide's time column are what `bench render` makes of
+    bench/results/ — one source, so the two can no longer disagree."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    for path in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"):
+        (notebooks / path.name).write_bytes(path.read_bytes())
+    guide = tmp_path / "instructors.md"
+    guide.write_text((REPO / "book" / "instructors.md").read_text())
+    changed = bench.render_times(REPO / "bench" / "results", notebooks, guide)
+    assert changed == [], f"run `python -m tools.bench render` (it would rewrite {[p.name for p in changed]})"
+
+
+def test_a_new_measurement_rewrites_the_header_and_the_guide(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    cpu = {"label": "laptop", "machine": {"cpu": "x", "cpu_count": 4, "gpu": None},
+           "chapters": {"05_resnet_case_study.ipynb": {"seconds": {"ci": 40.0, "full": 275.0}}}}
+    (results / "laptop.json").write_text(json.dumps(cpu))
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    header = f"# Chapter\n\n**Time**: {bench.TIME_START}old{bench.TIME_END} The results cell prints your own times."
+    nbformat.write(new_notebook(cells=[nbformat.v4.new_markdown_cell(header)]), notebooks / "05_resnet_case_study.ipynb")
+    guide = tmp_path / "instructors.md"
+    guide.write_text("| chapter | objectives | prerequisites | run time | study |\n|---|---|---|---|---|\n"
+                     "| {doc}`../notebooks/05_resnet_case_study` | build | chapter 4 | about 1 min | 1.5 h |\n")
+    bench.render_times(results, notebooks, guide)
+    cell = nbformat.read(notebooks / "05_resnet_case_study.ipynb", as_version=4).cells[0].source
+    assert "about 4½ min at full scale and under a minute at CI scale on 4 CPU cores" in cell
+    assert cell.endswith("The results cell prints your own times.")
+    assert "| chapter 4 | about 4½ min | 1.5 h |" in guide.read_text()
+    nbformat.write(new_notebook(cells=[nbformat.v4.new_markdown_cell("# no markers")]),
+                   notebooks / "05_resnet_case_study.ipynb")
+    with pytest.raises(ConfigError, match="markers"):
+        bench.render_times(results, notebooks, guide)

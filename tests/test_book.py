@@ -25,7 +25,7 @@ def _toc_pages() -> list[str]:
 
 
 def _chromium() -> str:
-    from transfer_utils import book
+    from tools import book
 
     try:
         return book.chromium()
@@ -118,7 +118,7 @@ def test_screenshots_for_a_person(built_site: Path, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="session")
 def student_site(executed_notebooks: dict[str, Path]) -> Path:
-    from transfer_utils import book
+    from tools import book
 
     return book.build("ci", strict=True, edition="student").parent
 
@@ -138,7 +138,7 @@ def test_print_edition_is_one_page_and_a_pdf(executed_notebooks: dict[str, Path]
     """`make pdf`: every chapter on one HTML page (singlehtml), printed to a PDF offline."""
     import nbformat
 
-    from transfer_utils import book
+    from tools import book
 
     pdf = book.build_print("ci")
     data = pdf.read_bytes()

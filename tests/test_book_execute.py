@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from transfer_utils import book
+from tools import book
 
 
 def _notebook(path: Path, *sources: str) -> Path:

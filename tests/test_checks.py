@@ -151,6 +151,34 @@ def test_confident_mistakes_right_and_wrong() -> None:
     assert "returned None" in checks.confident_mistakes(lambda p, y, t: None).message
 
 
+def test_expected_calibration_error_right_and_wrong() -> None:
+    def right(probs, labels, n_bins):   # the solution of chapter 5's exercise
+        confidence, predicted = probs.max(1)
+        correct = (predicted == labels).float()
+        bins = (confidence * n_bins).floor()
+        return sum((bins == m).float().mean() * (correct[bins == m].mean() - confidence[bins == m].mean()).abs()
+                   for m in bins.unique())
+
+    assert checks.expected_calibration_error(right)
+    assert checks.expected_calibration_error(lambda p, y, m: float(right(p, y, m)), seed=3)
+
+    def unweighted(probs, labels, n_bins):
+        confidence, predicted = probs.max(1)
+        correct = (predicted == labels).double()
+        bins = (confidence * n_bins).floor()
+        gaps = [(correct[bins == m].mean() - confidence[bins == m].mean()).abs() for m in bins.unique()]
+        return sum(gaps) / len(gaps)
+
+    assert "share of the predictions" in checks.expected_calibration_error(unweighted).message
+    per_example = checks.expected_calibration_error(
+        lambda p, y, m: ((p.argmax(1) == y).double() - p.max(1).values).abs().mean())
+    assert "single predictions" in per_example.message
+    assert "cancel" in checks.expected_calibration_error(
+        lambda p, y, m: abs(float((p.argmax(1) == y).double().mean() - p.max(1).values.mean()))).message
+    assert "return one" in checks.expected_calibration_error(lambda p, y, m: p.max(1).values).message
+    assert "returned None" in checks.expected_calibration_error(lambda p, y, m: None).message
+
+
 def test_head_tail_truncation_right_and_wrong() -> None:
     def right(ids, b):
         return ids if len(ids) <= b else ids[:b // 4] + ids[len(ids) - (b - b // 4):]
@@ -280,3 +308,31 @@ def test_lora_delta_right_and_wrong() -> None:
     holder = nn.Sequential(layer)
     lora.merge_lora(holder)
     torch.testing.assert_close(holder[0].weight - w0, right(layer.A, layer.B, 4, 2).detach())
+
+
+def test_weight_interpolation_right_and_wrong() -> None:
+    def right(a, b, t):
+        return {k: (1 - t) * v + t * b[k] if v.is_floating_point() else v.clone() for k, v in a.items()}
+
+    ok = checks.weight_interpolation(right)
+    assert ok and "matches weightspace.interpolate on 5 random cases" in str(ok)
+    assert checks.weight_interpolation(lambda a, b, t: {**right(a, b, t), "bn.num_batches_tracked": b["bn.num_batches_tracked"]})
+    swapped = checks.weight_interpolation(lambda a, b, t: right(b, a, t))
+    assert not swapped and "wrong end" in swapped.message
+    assert "plain average" in checks.weight_interpolation(lambda a, b, t: right(a, b, 0.5)).message
+    counted = checks.weight_interpolation(lambda a, b, t: {k: (1 - t) * v + t * b[k] for k, v in a.items()})
+    assert not counted and "not a weight" in counted.message
+    assert "add up to 1" in checks.weight_interpolation(
+        lambda a, b, t: {k: v + t * b[k] if v.is_floating_point() else v for k, v in a.items()}).message
+    assert "returned None" in checks.weight_interpolation(lambda a, b, t: None).message
+    assert "dict" in checks.weight_interpolation(lambda a, b, t: [1, 2]).message
+    missing = checks.weight_interpolation(lambda a, b, t: {k: v for k, v in right(a, b, t).items() if "bn" not in k})
+    assert not missing and "one entry per tensor" in missing.message
+
+    def in_place(a, b, t):   # modifies its inputs: the check must not be fooled (nor crash)
+        for k, v in a.items():
+            if v.is_floating_point():
+                v.mul_(1 - t).add_(t * b[k])
+        return a
+
+    assert checks.weight_interpolation(in_place)

@@ -57,3 +57,19 @@ def test_offline_false_is_silent(capsys) -> None:
 def test_offline_rejects_nonsense() -> None:
     with pytest.raises(ConfigError):
         config.resolve_offline("maybe")  # type: ignore[arg-type]
+
+
+def test_offline_reaches_libraries_imported_before_it(monkeypatch, capsys, hub_lookups) -> None:
+    """transformers 5.x asks the hub for ``adapter_config.json`` even with ``local_files_only=True``;
+    offline, that meant ~25 s of retries per model load. Once offline is resolved, loading the
+    cached encoder must not even resolve a host name — though ``huggingface_hub`` was imported
+    (and read ``HF_HUB_OFFLINE``) before."""
+    import huggingface_hub.constants as constants
+    from transformers import AutoModel
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as if imported before the switch
+    config.resolve_offline(True)
+
+    AutoModel.from_pretrained("sentence-transformers/all-MiniLM-L6-v2", local_files_only=True)
+    assert hub_lookups == [], f"an offline model load looked up {hub_lookups}"

@@ -213,3 +213,31 @@ def test_extract_features_checks_its_arguments(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is a file"):
         (tmp_path / "file").write_text("")
         features.extract_features(trunk, ds, cache_dir=tmp_path / "file")
+
+
+def test_the_cache_key_sees_which_layers_a_wrapper_hooks(tmp_path) -> None:
+    """Two wrappers with the same weights that pool different layers (through forward hooks, as
+    chapter 3's per-stage features do) must not share cached features: the old key hashed the
+    weights only and returned the first layout's features for the second."""
+    from torch import nn
+
+    from transfer_utils.cache import model_fingerprint
+
+    class Pools(nn.Module):
+        def __init__(self, net: nn.Sequential, hooked: list[int]) -> None:
+            super().__init__()
+            self.net, self.outs = net, []
+            for i in hooked:
+                net[i].register_forward_hook(lambda m, inp, out: self.outs.append(out))
+
+        def forward(self, x):
+            self.outs.clear()
+            self.net(x)
+            return torch.cat(self.outs, dim=1)
+
+    def net() -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+
+    assert model_fingerprint(net()) == model_fingerprint(net())          # same model, same key
+    assert model_fingerprint(Pools(net(), [0, 2])) != model_fingerprint(Pools(net(), [2]))

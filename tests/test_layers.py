@@ -75,3 +75,19 @@ def test_the_book_page_lists_every_module_in_its_layer(repo: Path) -> None:
     for i, layer in enumerate(transfer_utils.LAYERS, start=1):
         for module in layer:
             assert f"| {i} | `{module}` |" in page, f"book/transfer_utils.md: no row '| {i} | `{module}` |'"
+
+
+def test_the_package_never_imports_the_book_tooling(repo: Path) -> None:
+    """tools/ (book build, benchmarks, web assets) is not installed: an import of it from
+    transfer_utils would fail for every learner who ran `pip install .`."""
+    bad = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            bad += [f"{path.name}:{node.lineno} imports {n}" for n in names if n.split(".")[0] == "tools"]
+    assert not bad, bad
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    declared = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert declared == ["transfer_utils"], f"pyproject installs {declared}: the tooling must stay out"

@@ -158,3 +158,63 @@ def test_the_chapter_builds_the_same_layer() -> None:
     cell = next(c.source for c in nb.cells if c.cell_type == "code" and "class LoRALinear" in c.source)
     assert inspect.getsource(lora.LoRALinear).strip() == cell.strip()
     assert re.search(r"lora\.add_lora\(.*layer=LoRALinear\)", "\n".join(c.source for c in nb.cells))
+
+
+def test_adapters_start_at_the_pretrained_function_and_sit_where_houlsby_put_them() -> None:
+    model = _tiny_bert()
+    with torch.no_grad():
+        reference = model(**_batch()).logits
+    wrapped = lora.add_adapters(model, bottleneck=4)
+    # two per block: after the attention's output projection and after the feed-forward block's
+    assert wrapped == [f"bert.encoder.layer.{i}.{where}.dense" for i in range(2) for where in ("attention.output", "output")]
+    with torch.no_grad():
+        assert torch.equal(model(**_batch()).logits, reference)           # up-projection at zero: the identity
+    n = lora.train_only(model, lambda name: ".adapter." in name or name.startswith("classifier"))
+    assert n == 4 * (2 * 32 * 4 + 4 + 32) + (32 * 2 + 2)                  # down + up per adapter, and the head
+    assert all(not p.requires_grad for m in model.modules() if isinstance(m, lora.AdaptedLinear)
+               for p in m.base.parameters())
+
+
+def test_a_trained_adapter_changes_the_output_and_cannot_be_merged_as_lora_can() -> None:
+    model = _tiny_bert()
+    reference = copy.deepcopy(model)
+    lora.add_adapters(model, bottleneck=4)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, lora.Adapter):
+                m.up.weight.normal_(std=0.1)
+        assert not torch.allclose(model(**_batch()).logits, reference(**_batch()).logits)
+    assert lora.merge_lora(model) == 0                                     # nothing LoRA-shaped to fold in
+
+
+def test_add_adapters_names_the_fix_when_nothing_matches() -> None:
+    with pytest.raises(ConfigError, match="named_modules"):
+        lora.add_adapters(_tiny_bert(), targets=("o_proj",))
+
+
+def test_nf4_round_trip_is_exact_on_the_levels_and_close_elsewhere() -> None:
+    levels = lora.NF4_LEVELS.repeat(8)                                       # 128 values, each block's absmax is 1
+    packed, absmax = lora.quantize_nf4(levels)
+    assert packed.dtype == torch.uint8 and packed.numel() == 64 and absmax.numel() == 2
+    assert torch.equal(lora.dequantize_nf4(packed, absmax, levels.shape), levels)
+    w = torch.randn(64, 128, generator=torch.Generator().manual_seed(0))
+    packed, absmax = lora.quantize_nf4(w)
+    back = lora.dequantize_nf4(packed, absmax, w.shape)
+    blocks = w.reshape(-1, 64)
+    nearest = (blocks / blocks.abs().amax(1, keepdim=True)).unsqueeze(-1).sub(lora.NF4_LEVELS).abs().argmin(-1)
+    assert torch.equal(back.reshape(-1, 64), lora.NF4_LEVELS[nearest] * blocks.abs().amax(1, keepdim=True))
+    assert float((back - w).abs().mean() / w.abs().mean()) < 0.15
+    with pytest.raises(ConfigError, match="divisible"):
+        lora.quantize_nf4(torch.zeros(3, 7))
+
+
+def test_nf4_round_trip_of_a_model_counts_4_5_bits_per_weight() -> None:
+    model = _tiny_bert()
+    encoder = model.bert.encoder
+    before = {n: p.clone() for n, p in encoder.named_parameters()}
+    fp32, nf4 = lora.nf4_round_trip_(encoder)
+    linear = [m.weight for m in encoder.modules() if isinstance(m, nn.Linear)]
+    n = sum(w.numel() for w in linear)
+    assert fp32 == 4 * n and nf4 == n // 2 + 4 * (n // 64)                  # 4 bits + a 32-bit scale per 64
+    changed = [name for name, p in encoder.named_parameters() if not torch.equal(p, before[name])]
+    assert changed and all(name.endswith("weight") and "LayerNorm" not in name for name in changed)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pytest
 import torch
 from torch import nn
@@ -22,9 +24,38 @@ def test_stage_maps() -> None:
     r50 = models.create_backbone("resnet50", pretrained=False)
     assert r50.num_features == 2048
     lite = models.create_backbone("tf_efficientnet_lite0", pretrained=False)
-    assert list(models.stages(lite.model))[:2] == ["stem", "blocks.0"] and list(models.stages(lite.model))[-1] == "head"
+    assert list(models.stages(lite.model)) == ["stem", "blocks.1", "blocks.2", "blocks.3-4", "blocks.5-6", "head"]
+    mnv2 = models.create_backbone("mobilenet_v2", pretrained=False)
+    assert list(models.stages(mnv2.model)) == ["stem", "features.2-3", "features.4-6", "features.7-13",
+                                               "features.14-18", "head"]
     with pytest.raises(ConfigError, match="no stage map"):
         models.stages(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "tf_efficientnet_lite0", "mobilenet_v2"])
+def test_last_stage_and_head_are_a_comparable_share_of_every_backbone(name: str) -> None:
+    """freeze_until=STAGES[-3] ("fine-tune the last stage and the head") must mean about the same on
+    every backbone: it was three quarters of ResNet-18 but a third of EfficientNet-Lite0."""
+    model = models.replace_head(models.create_backbone(name, pretrained=False).model, 2)
+    named = models.stages(model)
+    models.freeze(model, until=list(named)[-3])
+    share = models.count_parameters(model) / models.count_parameters(model, trainable_only=False)
+    print(f"{name}: the last stage and the head hold {share:.0%} of the parameters")
+    assert 0.6 < share < 0.85, f"{name}: {share:.0%}"
+    # every module of the network is in exactly one stage
+    listed = [id(p) for mods in named.values() for m in mods for p in m.parameters()]
+    assert len(listed) == len(set(listed)) == len(list(model.parameters()))
+
+
+def test_the_head_stage_is_only_the_new_classifier() -> None:
+    """Pretrained layers (EfficientNet's conv_head and bn2) belong to the last stage: at the head's
+    learning rate only the freshly initialised classifier trains."""
+    lite = models.replace_head(models.create_backbone("tf_efficientnet_lite0", pretrained=False).model, 2)
+    named = models.stages(lite)
+    assert named["head"] == [lite.classifier]
+    assert lite.conv_head in named["blocks.5-6"] and lite.bn2 in named["blocks.5-6"]
+    mnv2 = models.replace_head(models.create_backbone("mobilenet_v2", pretrained=False).model, 2)
+    assert models.stages(mnv2)["head"] == [mnv2.classifier] and models.head_of(mnv2).out_features == 2
 
 
 def test_replace_head_and_check_head(resnet18: nn.Module) -> None:
@@ -196,14 +227,12 @@ def _decay_by_param(groups: list[dict]) -> dict[int, float]:
     return {id(p): g["weight_decay"] for g in groups for p in g["params"]}
 
 
-def test_weight_decay_spares_biases_and_batchnorm_as_timm_does() -> None:
-    import timm.optim
-
+def test_weight_decay_spares_biases_and_batchnorm_as_timm_does(timm_param_groups_weight_decay) -> None:
     model = models.replace_head(models.create_backbone("resnet18", pretrained=False).model, 3)  # all trainable
     lrs = {"stem": 1e-5, "layer1": 2e-5, "layer2": 3e-5, "layer3": 4e-5, "layer4": 5e-5, "head": 1e-3}
     groups = models.param_groups(model, lrs, weight_decay=0.05)
     ours = _decay_by_param(groups)
-    timm_rule = _decay_by_param(timm.optim.param_groups_weight_decay(model, 0.05))
+    timm_rule = _decay_by_param(timm_param_groups_weight_decay(model, 0.05))
     assert ours == timm_rule and len(ours) == len(list(model.parameters()))
     for name, p in model.named_parameters():
         is_bias_or_norm = name.endswith(".bias") or ".bn" in name or "downsample.1" in name or name.startswith("bn")
@@ -242,3 +271,49 @@ def test_weight_decay_spares_biases_and_layernorm_as_the_trainer_does(tmp_path) 
     for name, p in clf.named_parameters():
         assert ours[id(p)] == (0.0 if name.endswith(".bias") or "LayerNorm" in name else 0.01), name
     assert ours[id(clf.bert.embeddings.word_embeddings.weight)] == 0.01  # the Trainer decays embeddings
+
+
+def test_an_offline_text_model_load_makes_no_network_lookup(monkeypatch, hub_lookups) -> None:
+    """``create_text_classifier(..., offline=True)`` must not ask the hub for anything (transformers
+    5.x's adapter lookup ignored ``local_files_only`` and retried for ~25 s per load)."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # no process-wide switch: the call alone
+
+    models.create_text_classifier("sentence-transformers/all-MiniLM-L6-v2", 2, offline=True)
+    models.create_text_encoder("sentence-transformers/all-MiniLM-L6-v2", offline=True)
+    assert hub_lookups == [], f"an offline model load looked up {hub_lookups}"
+
+
+def test_a_new_backbone_family_is_one_registry_entry(monkeypatch) -> None:
+    """One StageMap makes stages, freeze, head_of, replace_head, feature_extractor and attach_head
+    work on an architecture the package has never seen."""
+
+    class Toy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.trunk = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.Conv2d(4, 8, 3, stride=2))
+            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.out = nn.Linear(8, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.pool(self.trunk(x)))
+
+    def split(m: nn.Module) -> "OrderedDict[str, list[nn.Module]]":
+        return OrderedDict(low=[m.trunk[0]], high=[m.trunk[1]], head=[m.out])
+
+    monkeypatch.setattr(models, "STAGE_MAPS", [models.StageMap("toy", lambda m: isinstance(m, Toy), split, head="out"),
+                                               *models.STAGE_MAPS])
+    toy = models.replace_head(Toy(), 3)
+    assert models.head_of(toy) is toy.out and toy.out.out_features == 3
+    models.freeze(toy, until="low")
+    assert [n for n, mods in models.stages(toy).items() if all(p.requires_grad for m in mods for p in m.parameters())] \
+        == ["high", "head"]
+    assert models.feature_extractor(toy)(torch.randn(1, 3, 16, 16)).shape == (1, 8)
+    assert models.attach_head(toy, nn.Linear(8, 2))(torch.randn(1, 3, 16, 16)).shape == (1, 2)
+
+
+def test_attach_head_on_a_mobilenet_v2_replaces_its_classifier_block() -> None:
+    mnv2 = models.create_backbone("mobilenet_v2", pretrained=False).model
+    shipped = models.attach_head(mnv2, nn.Linear(1280, 3))
+    assert shipped(torch.randn(1, 3, 64, 64)).shape == (1, 3) and models.head_of(shipped).out_features == 3

@@ -9,6 +9,7 @@ import nbformat
 import pytest
 import yaml
 
+from transfer_utils.recipes import FinetuneConfig
 from transfer_utils.report import read_glued
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +94,9 @@ def test_feature_extraction_results(executed_notebooks: dict[str, Path]) -> None
     assert 0.6 < glued["rt_frozen_acc"] < 0.95
     # Choosing what to transfer: the cheap score ranks the candidates much as the probes do, and the
     # random-weight baseline scores far below the pretrained features on both (what the prose says).
-    assert glued["tr_n"] >= 10 and glued["tr_rho"] > 0.5
+    # The candidates: the backbone's 5 stages (models.stages, the same count on every image backbone),
+    # its pooled features, MobileNetV2 and the random-weight baseline.
+    assert glued["tr_n"] >= 8 and glued["tr_rho"] > 0.5
     assert glued["tr_random_acc"] < glued["tr_pooled_acc"] - 0.3
     assert glued["tr_random_logme"] < glued["tr_pooled_logme"]
     # With every label the comparison is what the verdict in the prose says it is.
@@ -128,7 +131,8 @@ def test_fine_tuning_results(executed_notebooks: dict[str, Path]) -> None:
     """The orderings chapter 4 claims, on the CI subset (8 flowers and 24 ants/bees per class)."""
     nb = nbformat.read(executed_notebooks["04_fine_tuning.ipynb"], as_version=4)
     glued = read_glued(nb)
-    num = {k: float(v) for k, v in glued.items() if k not in ("resume_identical",) and not v.startswith("<")}
+    num = {k: float(v) for k, v in glued.items()
+           if k not in ("resume_identical", "backbone_name") and not v.startswith("<")}
     # Pretrained >> scratch, both pretrained regimes, both datasets.
     for key in ("flowers", "ants"):
         for regime in ("finetune", "frozen"):
@@ -152,6 +156,57 @@ def test_fine_tuning_results(executed_notebooks: dict[str, Path]) -> None:
     assert num["accum_gap_train"] > 1e-2 and num["accum_gap_eval"] < 1e-5
     assert num["forget_aggr_kl_restored"] > num["forget_recipe_kl_restored"] > num["forget_l2sp_kl_restored"]
     assert glued["resume_identical"] == "True"
+    # The regime table's counts come from the run: fine-tuning trains the whole network, the frozen
+    # regime only a linear head (17 classes), hundreds of times fewer weights.
+    assert num["params_all_m"] * 1e3 > 100 * num["params_head_k"] > 0
+    # "The frozen backbone also costs a fraction of the time"; "training only the last stage and the
+    # head is ... times faster than training everything".
+    assert num["flowers_frozen_seconds"] < num["flowers_ft_seconds"] and num["depth_speedup"] > 1
+    # The recipe's learning rates quoted in the prose are the package's defaults (small steps for the
+    # pretrained layers, larger for the new head).
+    assert num["recipe_backbone_lr"] == FinetuneConfig().backbone_lr < num["recipe_head_lr"] == FinetuneConfig().head_lr
+    # The plain-PyTorch loop of the chapter's first section is a working fine-tuning, not a sketch.
+    assert num["plain_acc"] >= num["flowers_scratch_acc"] + 0.2
+    photos = 100 / num["val_image_points"]   # "one validation photo is ... points"
+    assert photos == pytest.approx(round(photos)) and photos >= 17
+    # Verdicts in words match the numbers they summarise.
+    agree = abs(num["plain_vs_recipe"]) <= 3
+    assert _glued_markdown(nb, "plain_verdict").startswith("agree") == agree, num["plain_vs_recipe"]
+    for key, dataset in (("flowers", "Flowers-17"), ("ants", "ants vs bees")):
+        gap = num[f"{key}_finetune_acc"] - num[f"{key}_frozen_acc"]
+        expected = "tie" if abs(gap) < 0.005 else ("fine-tuning is ahead" if gap > 0 else "the frozen backbone is ahead")
+        assert expected in _glued_markdown(nb, f"verdict_{key}"), (key, gap)
+        assert num[f"{key}_pretrain_gain"] == pytest.approx(
+            100 * (min(num[f"{key}_finetune_acc"], num[f"{key}_frozen_acc"]) - num[f"{key}_scratch_acc"]))
+    # Robust fine-tuning (LP-FT, WiSE-FT, soups). The probe leaves the backbone untouched: full agreement;
+    # the blurred, noisy copies are a real shift for it; the probed head starts with a far lower loss.
+    for key in ("ants", "flowers"):
+        assert num[f"rob_probe_{key}_agree"] == 1.0
+        assert num[f"rob_probe_{key}_shift"] < num[f"rob_probe_{key}_val"]
+        assert num[f"rob_loss_probed_{key}"] < 0.5 * num[f"rob_loss_random_{key}"]
+    # "Plain fine-tuning (the same run as the three-regimes table, repeated)": same seed and recipe on the CPU.
+    for key in ("ants", "flowers"):
+        assert num[f"rob_ft_{key}_val"] == pytest.approx(num[f"{key}_finetune_acc"])
+    # WiSE-FT: alpha = 1 is the LP-FT run itself; the best alpha is the best point of the line.
+    for short in ("val", "shift", "agree"):
+        assert num[f"rob_wise_end_{short}"] == pytest.approx(num[f"rob_lpft_flowers_{short}"])
+    assert num["rob_wise_best_val"] >= max(num["rob_wise_end_val"], num["rob_probe_flowers_val"], num["rob_wise_mid_val"])
+    assert num["rob_wise_best_alpha"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    # The verdicts say what the numbers say.
+    lost = [k for k in ("ants", "flowers") if num[f"rob_ft_{k}_val"] < num[f"rob_probe_{k}_val"]]
+    fixed = all(num[f"rob_lpft_{k}_val"] >= num[f"rob_probe_{k}_val"] for k in lost)
+    lpft_verdict = _glued_markdown(nb, "rob_lpft_verdict")
+    assert ("nothing to fix" in lpft_verdict) == (not lost), lpft_verdict
+    assert ("**is** the fix" in lpft_verdict) == (bool(lost) and fixed), lpft_verdict
+    assert ("**not** the fix" in lpft_verdict) == (bool(lost) and not fixed), lpft_verdict
+    less = sum(num[f"rob_moved1_lpft_{k}"] < num[f"rob_moved1_ft_{k}"] for k in ("ants", "flowers"))
+    assert _glued_markdown(nb, "rob_moved_verdict").startswith({2: "on both", 1: "on ", 0: "on neither"}[less])
+    assert ("keeps the averaged" in _glued_markdown(nb, "rob_bn_verdict")) == (num["rob_wise_midbn_val"] < num["rob_wise_mid_val"])
+    # Soups: CI averages 3 runs; the greedy soup keeps between 1 and all of them.
+    assert num["rob_soup_k"] == 3 and 1 <= num["rob_soup_greedy_n"] <= num["rob_soup_k"]
+    assert num["rob_soup_step"] == pytest.approx(100 / num["rob_soup_test_n"])
+    # The interpolation self-check runs as shipped and says "Not yet".
+    assert "❌ Not yet (weight interpolation): your function returned None" in _outputs_text(nb)
 
 
 @pytest.mark.notebooks
@@ -200,6 +255,7 @@ def test_every_derivation_is_checked(executed_notebooks: dict[str, Path]) -> Non
     assert glued["adamw_step_max"] / glued["adamw_step_min"] < 2 < glued["grad_spread"]
     assert glued["adamw_vs_sgd"] > 10
     assert glued["head_vs_stem_disc"] > glued["head_vs_stem_uniform"]
+    assert 0.1 < glued["last_vs_stem_uniform"] < 10   # "the same order of magnitude" (pretrained stages)
     # The self-checks of the exercises run, as shipped (no answer filled in), and say "Not yet".
     for exercise in ("label smoothing", "L2-SP", "distillation"):
         assert f"❌ Not yet ({exercise}): your function returned None" in text, exercise
@@ -213,16 +269,26 @@ def test_chapter_is_in_the_toc(path: Path) -> None:
 
 @pytest.mark.notebooks
 def test_resnet_case_study_results(executed_notebooks: dict[str, Path]) -> None:
-    """Chapter 5 on the CI subset (16 ants and 16 bees per split): a working classifier, faster than
-    the tutorial's recipe, that reloads in a fresh process with the same predictions."""
+    """Chapter 5 on the CI subset (16 ants and 16 bees per split): a working classifier whose speed
+    against the tutorial's recipe is reported as measured, that reloads in a fresh process with the
+    same predictions."""
     nb = nbformat.read(executed_notebooks["05_resnet_case_study.ipynb"], as_version=4)
     glued = read_glued(nb)
     assert float(glued["ours_acc"]) >= 0.75
-    assert float(glued["ours_speedup"]) > 1
+    # The speed sentence says what the times say (at CI scale both recipes run 2 short epochs and may tie).
+    speedup = float(glued["ours_speedup"])
+    phrase = _glued_markdown(nb, "speed_phrase")
+    assert ("faster" in phrase) == (speedup >= 1.1) and ("slower" in phrase) == (speedup <= 1 / 1.1), (phrase, speedup)
     assert glued["reload_same"] == "True"
     assert 0.5 <= float(glued["tta_acc"]) <= 1.0
     text = _outputs_text(nb)
     assert "fresh process:" in text and "model.safetensors" in text
+    # Calibration: the hand-written ECE is torchmetrics'; the temperature, fitted on photos held out
+    # of training, lowers the validation ECE (it did in every CI run so far) and is shipped.
+    assert float(glued["ece_tm_check"]) < 1e-5
+    assert int(glued["n_calibration_photos"]) > 0 and 0.05 <= float(glued["temperature"]) <= 20
+    assert float(glued["ece_after"]) < float(glued["ece_before"])
+    assert '"kind": "image-classifier"' in text and '"temperature": ' in text
 
 
 @pytest.mark.notebooks
@@ -247,13 +313,19 @@ def test_bert_case_study_results(executed_notebooks: dict[str, Path]) -> None:
     assert "DataError: predict_texts() takes a list of texts" in text
     assert "is not valid UTF-8" in text
     assert "model.safetensors" in text and "fresh process:" in text
+    # Calibration: a temperature fitted on training sentences held out of fine-tuning, applied to the
+    # test sentences' probabilities and shipped in the manifest.
+    assert 0.05 <= float(glued["text_temperature"]) <= 20
+    assert float(glued["text_ece_after"]) < float(glued["text_ece_before"])
+    assert "'kind': 'text-classifier'" in text and "'temperature': " in text
 
 
 @pytest.mark.notebooks
 def test_parameter_efficient_results(executed_notebooks: dict[str, Path]) -> None:
-    """The parameter-efficient chapter on the CI subset (400 sentences, 2 epochs): LoRA starts exactly at the pretrained model, merges without changing a
+    """The parameter-efficient chapter on the CI subset (320 sentences, 2 epochs): LoRA starts exactly at the pretrained model, merges without changing a
     prediction, trains the same parameters by hand and with peft (under 1 % of the model), and the
-    family table and the two-adapter section say what they measured."""
+    family table (with bottleneck adapters), the image section, the 4-bit base and the two-adapter
+    section say what they measured."""
     nb = nbformat.read(executed_notebooks["09_parameter_efficient.ipynb"], as_version=4)
     glued = read_glued(nb)
     num = {k: float(v) for k, v in glued.items() if _is_number(v)}
@@ -263,17 +335,36 @@ def test_parameter_efficient_results(executed_notebooks: dict[str, Path]) -> Non
     assert num["lora_share"] <= 0.01
     assert glued["peft_within_noise"] == "True" and num["peft_diff"] <= num["peft_two_se"]
     assert num["hand_acc"] > 0.6 and num["lora_acc"] > 0.6                  # LoRA learns the task
-    assert num["gap_frozen"] > num["family_se2"]                           # and beats the frozen encoder + head
+    # and is ahead of the frozen encoder + head. At CI scale (300 test sentences) the gap measured 7 points,
+    # below two conservative standard errors (8.2), so only "ahead" is asserted here; the prose's verdict
+    # ("beats" or "within the noise") is checked against the measured gap below.
+    assert num["gap_frozen"] > 0
     # the verdicts in the prose follow the measured gaps, whichever way they went
-    for key, gap in (("lora_vs_frozen", "gap_frozen"), ("lora_vs_full", "gap_full"), ("prompt_vs_lora", "gap_prompt")):
+    verdicts = [("lora_vs_frozen", "gap_frozen"), ("lora_vs_full", "gap_full"), ("adapter_vs_lora", "gap_adapter"),
+                ("img_lora_vs_full", "img_gap_lora_full"), ("img_lora_vs_probe", "img_gap_lora_probe"),
+                ("img_norm_vs_probe", "img_gap_norm_probe")]
+    if "gap_prompt" in num:                                                # prompt tuning runs at full scale only
+        verdicts.append(("prompt_vs_lora", "gap_prompt"))
+    for key, gap in verdicts:
+        noise = num["img_se2"] if key.startswith("img_") else num["family_se2"]
         words = _glued_markdown(nb, key)
-        if abs(num[gap]) <= num["family_se2"]:
+        if abs(num[gap]) <= noise:
             assert "within the noise" in words, (key, words)
         else:
             assert ("beats" in words or "trails" in words), (key, words)
     assert num["opt_lora"] < 0.05 * num["opt_full"]                        # gradients + AdamW moments shrink
     assert num["act_lora"] > 0.5 * num["act_full"]                         # activations do not
     assert num["adapter_kb"] * 1e-3 < 0.05 * num["full_mb"]                # the adapter is a small file
+    # Houlsby adapters: start at the pretrained function, two per block, under 1 % of the model, and learn
+    assert glued["adapter_same_start"] == "True" and num["n_adapters"] == num["n_wrapped"]
+    assert num["adapter_share"] <= 0.01 and num["adapter_acc"] > 0.6
+    # the image backbone: every pretrained method far above chance (1/17); LoRA trains a small share
+    assert min(num["img_full_acc"], num["img_lora_acc"], num["img_norm_acc"], num["img_probe_acc"]) > 0.3
+    assert num["img_lora_share"] < 0.1 and num["img_norm_share"] < 0.05
+    # the 4-bit base: 4.5 bits per weight (about 7x smaller than float32), small rounding, LoRA still learns
+    assert 6.5 < num["nf4_ratio"] < 7.5 and num["nf4_whole_ratio"] < num["nf4_ratio"]
+    assert num["nf4_weight_change"] < 0.15 and num["qlora_acc"] > 0.6
+    assert "did not run" in _glued_markdown(nb, "qlora_gpu_md") or "peak" in _glued_markdown(nb, "qlora_gpu_md")
     assert glued["rt_adapter_reloaded"] == "True" and glued["base_untouched"] == "True"
     assert num["switch_rt_on_rt"] == num["peft_acc"]                        # the reloaded adapter is the trained one
     verdict = _glued_markdown(nb, "switch_verdict")                        # the prose says which way IMDB went
@@ -301,7 +392,8 @@ def test_scaling_out_results(executed_notebooks: dict[str, Path]) -> None:
 @pytest.mark.notebooks
 def test_applications_results(executed_notebooks: dict[str, Path]) -> None:
     """Chapter 7 on the CI subset (10 flowers per class, 600/300 sentences): the shift costs the
-    source-only model accuracy and the oracle bounds it; a distilled student stays below its teacher;
+    source-only model accuracy and the oracle bounds it; DANN does not help on frozen features and
+    does on the rotated moons; a distilled student stays below its teacher;
     few-shot accuracy grows with shots; zero-shot beats chance; every method is in the summary; every
     verdict in the prose was computed."""
     nb = nbformat.read(executed_notebooks["07_applications.ipynb"], as_version=4)
@@ -312,9 +404,19 @@ def test_applications_results(executed_notebooks: dict[str, Path]) -> None:
     # (0.5 would be invariant features), and AdaBN done halfway (target statistics under a head
     # trained with ImageNet statistics) is worse than AdaBN done right.
     assert num["dann_disc"] > 0.6
+    assert "above" not in _glued_markdown(nb, "dann_flowers_verdict")  # "Why DANN does not help here"
+    # Where DANN works (the rotated moons, every layer trained): better on average over the three
+    # seeds by a margin, and on most of them (measured: +8.7 mean, -1.6/+19.0/+8.8 for seeds 0-2;
+    # +1.4 to +18.6 for seeds 3-7).
+    assert num["moons_gain_mean"] > 4 and num["moons_wins"] >= 2
+    assert num["moons_dann"] > num["moons_so"]
     assert num["adabn_half"] < num["adabn_target"]
     assert num["adabn_layers"] > 10                                # every BatchNorm of the backbone
     assert num["kd_teacher"] > num["kd_acc"] and num["kd_size_ratio"] > 10
+    # The transfer-set attempt: a teacher fit on the few labels still beats the students, and the
+    # prose's verdicts on distillation (helped / within the noise / worse) were computed.
+    assert num["kd_few_teacher"] > max(num["kd_few_plain"], num["kd_transfer"])
+    assert _glued_markdown(nb, "kd_transfer_verdict").strip() and _glued_markdown(nb, "kd_overall").strip()
     assert num["fs_img5_proto"] > num["fs_img1_proto"] > 1 / 17 + 0.1
     assert num["zs_desc"] > 0.55 and num["zs_full"] > 0.6
     assert num["fusion_best"] > 0.55

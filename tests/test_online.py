@@ -489,7 +489,10 @@ def _tiny_bert_repo(folder: Path) -> dict[str, bytes]:
     from transformers import BertConfig, BertModel, BertTokenizer
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "was", "great", "bad", "##s", "a"]
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
+    # From a vocab.txt, as a hub BERT ships it: BertTokenizer(vocab=dict) is transformers 5 only.
+    (folder / "vocab").mkdir(parents=True)
+    (folder / "vocab" / "vocab.txt").write_text("\n".join(words) + "\n")
+    tokenizer = BertTokenizer.from_pretrained(folder / "vocab", do_lower_case=True)
     torch.manual_seed(17)
     model = BertModel(BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2,
                                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))

@@ -169,12 +169,10 @@ def test_finetune_and_the_trainer_use_the_same_rate_and_decay_at_every_step(tmp_
     assert plain[0][1] == hf[0][1]  # the same parameters decay, by the same amount
 
 
-def test_finetune_decays_no_bias_or_batchnorm_weight() -> None:
-    import timm.optim
-
+def test_finetune_decays_no_bias_or_batchnorm_weight(timm_param_groups_weight_decay) -> None:
     model = _resnet()
     with _optimizer_steps(model) as seen:
         recipes.finetune(model, _data(8), None, recipes.FinetuneConfig(epochs=1, batch_size=4, weight_decay=0.05))
-    timm_rule = {n: g["weight_decay"] for g in timm.optim.param_groups_weight_decay(model, 0.05)
+    timm_rule = {n: g["weight_decay"] for g in timm_param_groups_weight_decay(model, 0.05)
                  for n, p in model.named_parameters() if any(p is q for q in g["params"])}
     assert seen[0][1] == timm_rule and set(timm_rule.values()) == {0.0, 0.05}

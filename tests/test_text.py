@@ -178,8 +178,8 @@ def _drop_the_head(weights: Path) -> None:
 @pytest.mark.parametrize("damage, file, message", [
     ("weights cut short", "model.safetensors", "is damaged"),
     ("weights without the head", "model.safetensors", "lacks 1 of the tensors config.json describes"),
-    ("settings cut short", "text_classifier.json", "is damaged"),
-    ("settings with a third label", "text_classifier.json", "names 3 labels but the model has 2 outputs"),
+    ("settings cut short", "manifest.json", "is damaged"),
+    ("settings with a third label", "manifest.json", "names 3 labels but the model has 2 outputs"),
     ("tokenizer cut short", "", "tokenizer files in .* are damaged"),
 ])
 def test_a_damaged_text_classifier_is_named(shipped: Path, damage: str, file: str, message: str) -> None:
@@ -191,7 +191,7 @@ def test_a_damaged_text_classifier_is_named(shipped: Path, damage: str, file: st
         (shipped / file).write_text((shipped / file).read_text()[:25])
     elif damage == "settings with a third label":
         meta = json.loads((shipped / file).read_text())
-        (shipped / file).write_text(json.dumps({**meta, "label_names": ["negative", "positive", "mixed"]}))
+        (shipped / file).write_text(json.dumps({**meta, "class_names": ["negative", "positive", "mixed"]}))
     else:
         tokenizer = shipped / "tokenizer.json"
         tokenizer.write_bytes(tokenizer.read_bytes()[:2000])

@@ -79,10 +79,11 @@ def test_checkpoints_are_safetensors_with_optimizer_state(tmp_path: Path) -> Non
               val_loader=loader, progress=False)
     with safe_open(tmp_path / "last.safetensors", framework="pt") as f:
         keys = list(f.keys())
-        meta = f.metadata()
-    assert any(k.startswith("model.") for k in keys) and any(k.startswith("optimizer.") for k in keys)
-    assert {"optimizer", "scheduler", "history", "progress"} <= set(meta)
-    assert (tmp_path / "best.safetensors").is_file()
+    assert keys and all(k.startswith("model.") for k in keys)
+    # the training state beside it is read with torch.load(weights_only=True): no arbitrary objects
+    saved = torch.load(tmp_path / "last.state.pt", weights_only=True)
+    assert {"optimizer", "scheduler", "history", "progress"} <= set(saved["states"])
+    assert (tmp_path / "best.safetensors").is_file() and not (tmp_path / "best.state.pt").exists()
     assert not list(tmp_path.glob("*.part"))
 
 
@@ -141,31 +142,57 @@ def test_a_truncated_checkpoint_is_named_with_the_way_out(tmp_path: Path, keep: 
     assert len(history.epochs) == 1 and "history" in train.load_checkpoint(last)
 
 
-def _rewrite_metadata(path: Path, change) -> None:  # type: ignore[no-untyped-def]
-    from safetensors.torch import load_file, save_file
-
-    with safe_open(path, framework="pt") as f:
-        meta = dict(f.metadata())
-    save_file(load_file(path), path, metadata=change(meta))
+def _rewrite_states(path: Path, change) -> None:  # type: ignore[no-untyped-def]
+    saved = torch.load(train.state_file(path), weights_only=True)
+    torch.save({**saved, "states": change(saved["states"])}, train.state_file(path))
 
 
-@pytest.mark.parametrize("damage", ["no history", "no optimizer", "optimizer cut", "progress cut", "no metadata"])
+@pytest.mark.parametrize("damage", ["no history", "no optimizer", "optimizer not a dict", "progress cut"])
 def test_a_checkpoint_with_a_damaged_training_state_is_named(tmp_path: Path, damage: str) -> None:
     _trained_run(tmp_path)
     last = tmp_path / "last.safetensors"
     changes = {
         "no history": lambda m: {k: v for k, v in m.items() if k != "history"},
         "no optimizer": lambda m: {k: v for k, v in m.items() if k != "optimizer"},
-        "optimizer cut": lambda m: {**m, "optimizer": m["optimizer"][:-7]},
-        "progress cut": lambda m: {**m, "progress": m["progress"][:-3]},
-        "no metadata": lambda m: {},
+        "optimizer not a dict": lambda m: {**m, "optimizer": [1, 2]},
+        "progress cut": lambda m: {**m, "progress": {"best_acc": 0.5}},
     }
-    _rewrite_metadata(last, changes[damage])
+    _rewrite_states(last, changes[damage])
     model, opt, _, loader = _setup(seed=5)
     untouched = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(DamagedFileError, match="last.safetensors is damaged or was not written by fit"):
         train.fit(model, loader, epochs=2, optimizer=opt, checkpoint_dir=tmp_path, progress=False)
     assert all(torch.equal(untouched[k], v) for k, v in model.state_dict().items())
+
+
+class _Payload:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize("damage", ["cut short", "missing", "an arbitrary object", "from another epoch"])
+def test_a_damaged_state_file_is_named_and_never_unpickled(tmp_path: Path, damage: str, capsys) -> None:
+    _trained_run(tmp_path)
+    last = tmp_path / "last.safetensors"
+    states = train.state_file(last)
+    if damage == "cut short":
+        states.write_bytes(states.read_bytes()[:100])
+    elif damage == "missing":
+        states.unlink()
+    elif damage == "an arbitrary object":
+        saved = torch.load(states, weights_only=True)
+        torch.save({**saved, "states": {**saved["states"], "history": _Payload()}}, states)
+    else:
+        saved = torch.load(states, weights_only=True)
+        torch.save({**saved, "tag": "another"}, states)
+    with pytest.raises(DamagedFileError, match="last.s") as info:
+        train.load_checkpoint(last)
+    assert info.value.path == states and "resume=False" not in str(info.value)
+    model, opt, _, loader = _setup(seed=5)
+    with pytest.raises(DamagedFileError, match="Cannot resume") as info:
+        train.fit(model, loader, epochs=2, optimizer=opt, checkpoint_dir=tmp_path, progress=False)
+    assert "last.state.pt" in str(info.value) and "resume=False" in str(info.value)
+    assert "this must never run" not in capsys.readouterr().out
 
 
 def test_an_optimizer_state_of_another_optimizer_is_named(tmp_path: Path) -> None:

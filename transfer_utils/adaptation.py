@@ -10,8 +10,10 @@ Two methods, both taught in chapter 7:
 
 Example::
 
-    model = DANN(in_features=1280, num_classes=17)
-    train_dann(model, xs, ys, xt, epochs=30)             # adversarial
+    xs, ys = rotated_moons(300, degrees=0, seed=0)       # source: labelled
+    xt, _ = rotated_moons(300, degrees=40, seed=1)       # target: its labels are never used
+    model = DANN(in_features=2, num_classes=2, hidden=32, dropout=0.0)
+    train_dann(model, xs, ys, xt, epochs=100, lr=1e-2, batch_size=32)
     adapted = adapt_batchnorm(trunk, target_loader)       # AdaBN on a CNN trunk
 """
 
@@ -23,10 +25,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import make_moons
 from torch import nn
 
 from .data import as_labels
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
 
 class _GradReverse(torch.autograd.Function):
@@ -50,14 +53,18 @@ def ganin_lambda(progress: float, gamma: float = 10.0) -> float:
 
     ``progress`` is the fraction of training done, in [0, 1]: ``2 / (1 + exp(-gamma p)) - 1``.
     """
+    if isinstance(progress, bool) or not isinstance(progress, (int, float)) or not 0.0 <= progress <= 1.0:
+        raise ConfigError(f"progress is the fraction of training done and must be in [0, 1] "
+                          f"(step / total_steps), got {progress!r}")
     return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0
 
 
 class DANN(nn.Module):
     """A feature layer, a label classifier on it, and a domain discriminator behind a reversal layer.
 
-    Built on top of frozen backbone features, so it trains in seconds on a CPU; ``forward``
-    returns class scores, :meth:`domain_logits` the discriminator's score (source = 0, target = 1).
+    The input is any vector: raw coordinates (the rotated moons), or a frozen backbone's features,
+    where only the one feature layer can adapt. It trains in seconds on a CPU; ``forward`` returns
+    class scores, :meth:`domain_logits` the discriminator's score (source = 0, target = 1).
     """
 
     def __init__(self, in_features: int, num_classes: int, hidden: int = 256, dropout: float = 0.2) -> None:
@@ -73,6 +80,22 @@ class DANN(nn.Module):
         return self.discriminator(grad_reverse(self.features(x), lambd)).squeeze(-1)
 
 
+def rotated_moons(n: int, degrees: float = 0.0, seed: int = 0, noise: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` points of scikit-learn's two interleaved moons, rotated by ``degrees`` about their centre.
+
+    The two-moons toy shift of Ganin et al.: the source unrotated, the target rotated.
+    Returns ``float32`` points ``[n, 2]`` and ``int64`` labels ``[n]``.
+    """
+    if n < 2:
+        raise ConfigError(f"rotated_moons needs at least 2 points (one per moon), got n={n}")
+    x, y = make_moons(n, noise=noise, random_state=seed)
+    centre = torch.tensor([0.5, 0.25])
+    a = math.radians(degrees)
+    rotation = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    points = (torch.tensor(x, dtype=torch.float32) - centre) @ rotation.T + centre
+    return points, torch.tensor(y, dtype=torch.long)
+
+
 def train_dann(model: DANN, source_x: torch.Tensor, source_y: torch.Tensor, target_x: torch.Tensor, *,
                epochs: int = 30, batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 1e-4,
                adversarial: bool = True, domain_weight: float = 1.0, seed: int = 0) -> list[dict[str, float]]:
@@ -84,9 +107,21 @@ def train_dann(model: DANN, source_x: torch.Tensor, source_y: torch.Tensor, targ
     weight follows :func:`ganin_lambda`. ``adversarial=False`` trains the same network on the
     source alone: the fair "source-only" baseline. Returns one record per epoch.
     """
+    if not isinstance(model, DANN):
+        raise ConfigError(f"train_dann trains an adaptation.DANN (e.g. DANN(feats.x.shape[1], num_classes)), "
+                          f"got {type(model).__name__}")
+    for what, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{what} must be a whole number >= 1, got {value!r}")
+    width = model.features[0].in_features
+    for what, x in (("source_x", source_x), ("target_x", target_x)):
+        if not isinstance(x, torch.Tensor) or x.ndim != 2 or (x.shape[1] != width and (what == "source_x" or adversarial)):
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise DataError(f"{what} must be a [N, {width}] float tensor of features (the model was built with "
+                            f"in_features={width}), got {shape}: extract both domains with the same backbone")
     source_y = as_labels(source_y, model.classifier.out_features, where="source_y").to(source_x.device)
     if len(source_x) != len(source_y):
-        raise ConfigError(f"{len(source_x)} source features but {len(source_y)} labels")
+        raise ConfigError(f"{len(source_x)} source features but {len(source_y)} labels: pass one label per row")
     if adversarial and len(target_x) == 0:
         raise ConfigError("DANN needs unlabelled target examples: pass some, or adversarial=False")
     gen = torch.Generator().manual_seed(seed)
@@ -148,9 +183,19 @@ def adapt_batchnorm(model: nn.Module, batches: Iterable[Any], device: torch.devi
         bn.train()
     seen = 0
     try:
-        for batch in batches:
-            images = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(images.to(device))
+        for k, batch in enumerate(batches):
+            images = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+            if not isinstance(images, torch.Tensor):
+                raise DataError(f"batch {k} holds a {type(images).__name__}, not an image tensor: pass batches of "
+                                f"images [B, C, H, W] (or (images, labels) pairs, e.g. a DataLoader)")
+            try:
+                model(images.to(device))
+            except torch.OutOfMemoryError:
+                raise
+            except (RuntimeError, TypeError, ValueError) as err:
+                raise DataError(f"the model rejects batch {k} (images {tuple(images.shape)}): "
+                                f"{str(err).splitlines()[0]}. Pass target images preprocessed as for the "
+                                f"model (channels, size); the BatchNorm statistics were left as they were.") from err
             seen += len(images)
         if seen == 0:
             raise ConfigError("no target images were given to AdaBN")

@@ -4,10 +4,11 @@ Every dataset and every set of pretrained weights is listed here with its canoni
 or a hub id), its checksum and, where one exists, an offline mirror. Notebooks never hard-code a
 URL or a path: they ask this module.
 
-* Downloads are atomic: bytes go to ``<name>.part`` and are renamed only after their sha256
-  matches. A mirror archive's sha256 is checked before it is unpacked; archives are unpacked into
-  ``<folder>.part`` and renamed only after the content digest matches; whatever fails, no
-  ``.part`` stays behind. A corrupt or partial file is never used, and the error names it.
+* Downloads are atomic (:func:`~transfer_utils.fileio.atomic_path`): a file appears only once
+  its sha256 matches. A mirror archive's sha256 is checked before it is unpacked; archives are
+  unpacked with :func:`~transfer_utils.fileio.atomic_dir`, so a folder appears only once its
+  content digest matches; whatever fails, no ``.part`` stays behind. A corrupt or partial file is
+  never used, and the error names it.
 * Offline, a missing asset raises :class:`~transfer_utils.errors.AssetUnavailableError` that says
   exactly how to provide it.
 * ``python -m transfer_utils.assets seed --from DIR`` fills the caches from a folder of archives
@@ -16,7 +17,8 @@ URL or a path: they ask this module.
   ``timm.create_model(..., pretrained=True)`` and ``AutoModel.from_pretrained(...)`` work
   unchanged with no network.
 * ``TL_ASSET_BASE_URL`` (e.g. ``http://127.0.0.1:8000``), when set, replaces the scheme and host
-  of every canonical download URL (datasets, sample photos, torchvision weights, web assets)
+  of every canonical download URL (datasets, sample photos, torchvision weights; the book's
+  web assets in :mod:`tools.web_assets` too)
   where it is read, keeping the path: a mirror, or the tests' loopback server, serves the same
   files. The Hugging Face hub has its own setting, ``HF_ENDPOINT``.
 
@@ -46,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AssetUnavailableError, ChecksumMismatchError
+from .fileio import atomic_dir, atomic_path, atomic_write_text
 
 # ----------------------------------------------------------------------------------------------
 # Registry
@@ -257,58 +260,6 @@ MODELS: dict[str, ModelAsset] = {
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class WebAsset:
-    """A file the rendered book needs in the browser, taken from a package registry's archive."""
-
-    name: str
-    url: str  #: the archive (an npm tarball)
-    sha256: str  #: of that archive
-    member: str  #: the file inside it
-    license: str
-
-
-WEB_ASSETS: dict[str, WebAsset] = {
-    "mermaid": WebAsset(
-        name="mermaid",
-        url="https://registry.npmjs.org/mermaid/-/mermaid-11.12.1.tgz",
-        sha256="3bd65ddefe97fb2e01d976a01d4078f8d773bfc56c6a75a9abf08b564ce0f8b2",
-        member="package/dist/mermaid.min.js",  # the non-module bundle: it also runs from file:// pages
-        license="MIT",
-    ),
-}
-
-
-def fetch_web_asset(name: str) -> Path:
-    """Download (once, verified, atomically) the archive of ``WEB_ASSETS[name]`` and return its
-    extracted member, cached under ``data_home()/web/``."""
-    asset = WEB_ASSETS[name]
-    archive = data_home() / "downloads" / asset.url.rsplit("/", 1)[-1]
-    final = data_home() / "web" / archive.name.removesuffix(".tgz") / Path(asset.member).name
-    if final.is_file():
-        return final
-    if not archive.is_file():
-        try:
-            download(canonical_url(asset.url), archive, asset.sha256)
-        except OSError as err:
-            raise AssetUnavailableError(
-                f"could not download {asset.url} ({err}). The book's diagrams need it at build time: "
-                f"fetch it with network access, or place the file at {archive}") from None
-    verify_file(archive, asset.sha256, f"archive {archive.name}")
-    with tarfile.open(archive) as tar:
-        member = tar.extractfile(asset.member)
-        if member is None:
-            raise ChecksumMismatchError(f"{archive.name} has no {asset.member}")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        part = final.with_name(final.name + ".part")
-        try:
-            part.write_bytes(member.read())
-            os.replace(part, final)
-        finally:
-            part.unlink(missing_ok=True)
-    return final
-
-
 def canonical_url(url: str) -> str:
     """``url`` as downloaded: its scheme and host replaced by ``$TL_ASSET_BASE_URL`` if that is set."""
     base = os.environ.get("TL_ASSET_BASE_URL", "").strip().rstrip("/")
@@ -374,26 +325,21 @@ def verify_file(path: Path, expected: str, what: str, remedy: str = "Delete it a
 
 
 def atomic_copy(src: Path, dst: Path, expected_sha256: str) -> Path:
-    """Copy ``src`` to ``dst`` through ``dst.part``; rename only once the checksum matches."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    part = dst.with_name(dst.name + ".part")
-    try:
+    """Copy ``src`` to ``dst`` atomically (:func:`~transfer_utils.fileio.atomic_path`); the copy
+    replaces ``dst`` only once its checksum matches."""
+    with atomic_path(dst) as part:
         shutil.copyfile(src, part)
         verify_file(part, expected_sha256, f"copy of {src}",
                     f"{src} is not the registered file: replace it with a good copy, then try again.")
-        os.replace(part, dst)
-    finally:
-        part.unlink(missing_ok=True)
     return dst
 
 
 def download(url: str, dst: Path, expected_sha256: str | None = None, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``dst`` atomically (``dst.part`` then rename), checking sha256 if given."""
+    """Download ``url`` to ``dst`` atomically (:func:`~transfer_utils.fileio.atomic_path`),
+    checking sha256 if given: ``dst`` appears only complete and verified."""
     from tqdm.auto import tqdm
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    part = dst.with_name(dst.name + ".part")
-    try:
+    with atomic_path(dst) as part:
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as out:
             total = int(resp.headers.get("Content-Length", 0)) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dst.name) as bar:
@@ -402,10 +348,6 @@ def download(url: str, dst: Path, expected_sha256: str | None = None, timeout: f
                     bar.update(len(block))
         if expected_sha256:
             verify_file(part, expected_sha256, f"download of {url}")
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    os.replace(part, dst)
     return dst
 
 
@@ -423,7 +365,14 @@ def _safe_extract(archive: Path, dest: Path, remedy: str = "Delete it and fetch 
                 zf.extractall(dest)
         else:
             with tarfile.open(archive) as tf:
-                tf.extractall(dest, filter="data")
+                if hasattr(tarfile, "data_filter"):
+                    tf.extractall(dest, filter="data")
+                else:  # Python < 3.10.12 / 3.11.4 has no extraction filters: refuse what "data" refuses
+                    for m in tf.getmembers():
+                        if not (m.isfile() or m.isdir()) or not (root / m.name).resolve().is_relative_to(root):
+                            raise ChecksumMismatchError(f"{archive}: member {m.name!r} is a link, a device or "
+                                                        "escapes the target folder")
+                    tf.extractall(dest)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as err:
         raise ChecksumMismatchError(f"the archive {archive} is damaged and cannot be unpacked "
                                     f"({type(err).__name__}: {err}). {remedy}") from None
@@ -450,7 +399,7 @@ def _flowers17_from_official(unpacked: Path, asset: ImageDatasetAsset) -> None:
         split = "val" if i % 4 == 3 else "train"
         target = top / split / asset.classes[k] / f"image_{number:04d}.jpg"
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(unpacked / "jpg" / f"image_{number:04d}.jpg", target)
+        shutil.move(unpacked / "jpg" / f"image_{number:04d}.jpg", target)  # inside the folder being unpacked
     shutil.rmtree(unpacked / "jpg")
 
 
@@ -486,18 +435,15 @@ def _still_verified(final: Path, checked: Path, expected: str) -> bool:
     return True
 
 
-def _publish_verified(part: Path, final: Path, checked: Path, expected: str, what: str, remedy: str) -> None:
-    """Rename the unpacked folder ``part`` to ``final`` once the files under ``checked`` match the
-    content digest ``expected`` (a ``.verified`` marker records it, ``.sizes.json`` their sizes);
-    otherwise delete ``part``."""
+def _mark_verified(part: Path, checked: Path, expected: str, what: str, remedy: str) -> None:
+    """Inside an :func:`~transfer_utils.fileio.atomic_dir` block: raise unless the files under
+    ``checked`` match the content digest ``expected`` (so the folder is never published), else
+    record it (a ``.verified`` marker) and their sizes (``.sizes.json``) in ``part``."""
     digest = content_digest(checked)
     if digest != expected:
-        shutil.rmtree(part, ignore_errors=True)
         raise ChecksumMismatchError(f"{what} content digest {digest}, expected {expected}. {remedy}")
     (part / ".sizes.json").write_text(json.dumps(_file_sizes(checked), indent=0))
     (part / ".verified").write_text(expected + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(part, final)
 
 
 def _how_to_provide(asset: ImageDatasetAsset, archives: Path) -> str:
@@ -553,17 +499,16 @@ def fetch_dataset(name: str, *, offline: bool = False, force: bool = False) -> P
               else f"Delete {archive} and fetch it again")
     if not from_official:  # the mirror's bytes are registered: check them before unpacking anything
         verify_file(archive, asset.mirror_sha256, f"archive of {name}", remedy + ".")
-    part = final.with_name(name + ".part")
-    shutil.rmtree(part, ignore_errors=True)
     try:
-        _safe_extract(archive, part, remedy + ".")
-        if from_official and asset.name == "flowers17":
-            try:
-                _flowers17_from_official(part, asset)
-            except ChecksumMismatchError as err:
-                raise ChecksumMismatchError(f"{archive}: {err}. {remedy}.") from None
-        _publish_verified(part, final, part / asset.top_folder, asset.content_sha256,
-                          f"{archive} unpacked to files", remedy + ".")
+        with atomic_dir(final) as part:
+            _safe_extract(archive, part, remedy + ".")
+            if from_official and asset.name == "flowers17":
+                try:
+                    _flowers17_from_official(part, asset)
+                except ChecksumMismatchError as err:
+                    raise ChecksumMismatchError(f"{archive}: {err}. {remedy}.") from None
+            _mark_verified(part, part / asset.top_folder, asset.content_sha256,
+                           f"{archive} unpacked to files", remedy + ".")
     except ChecksumMismatchError as err:
         if not downloaded:
             raise
@@ -572,8 +517,6 @@ def fetch_dataset(name: str, *, offline: bool = False, force: bool = False) -> P
         raise ChecksumMismatchError(f"{archive} is not a usable {asset.name} archive ({detail}). It was deleted: "
                                     "run again, or provide the archive as below.\n" + _how_to_provide(asset, archives)
                                     ) from None
-    finally:
-        shutil.rmtree(part, ignore_errors=True)  # gone already once published
     return final / asset.top_folder
 
 
@@ -646,10 +589,7 @@ def fetch_sample_images(name: str = "imagenet_samples", *, offline: bool = False
     asset = SAMPLE_IMAGES[name]
     final = data_home() / "samples" / name
     if not _still_verified(final, final, asset.content_sha256):
-        part = final.with_name(name + ".part")
-        shutil.rmtree(part, ignore_errors=True)
-        try:
-            part.mkdir(parents=True)
+        with atomic_dir(final) as part:
             package = _package_dir(asset.mirror_package)
             source = package.parent / asset.member_dir if package is not None else None
             if source is not None and source.is_dir():
@@ -680,10 +620,8 @@ def fetch_sample_images(name: str = "imagenet_samples", *, offline: bool = False
                 except (zipfile.BadZipFile, EOFError, zlib.error) as err:
                     raise ChecksumMismatchError(f"the archive {archive} is damaged and cannot be read "
                                                 f"({err}). Delete it and fetch it again.") from None
-            _publish_verified(part, final, part, asset.content_sha256, f"sample photos {name!r} have",
-                              f"Reinstall {asset.mirror_package} or delete {data_home() / 'archives'} and fetch again.")
-        finally:
-            shutil.rmtree(part, ignore_errors=True)  # gone already once published
+            _mark_verified(part, part, asset.content_sha256, f"sample photos {name!r} have",
+                           f"Reinstall {asset.mirror_package} or delete {data_home() / 'archives'} and fetch again.")
     photos = sorted(final.glob(asset.pattern))
     return [(p, sample_label(p)) for p in photos]
 
@@ -711,22 +649,14 @@ def _publish_snapshot(repo_id: str, files: dict[str, Path | bytes]) -> Path:
         warnings.warn(f"{snap} is damaged ({', '.join(damaged)} missing or changed): writing it again", stacklevel=3)
         shutil.rmtree(snap)
     if not snap.is_dir():
-        part = snap.with_name(revision + ".part")
-        shutil.rmtree(part, ignore_errors=True)
-        part.mkdir(parents=True)
-        try:
+        with atomic_dir(snap) as part:
             for fname, src in files.items():
                 (part / fname).parent.mkdir(parents=True, exist_ok=True)
                 if isinstance(src, bytes):
                     (part / fname).write_bytes(src)
                 else:
                     shutil.copyfile(src, part / fname)
-            os.replace(part, snap)
-        finally:
-            shutil.rmtree(part, ignore_errors=True)
-    refs = snap.parent.parent / "refs"
-    refs.mkdir(parents=True, exist_ok=True)
-    (refs / "main").write_text(revision)
+    atomic_write_text(snap.parent.parent / "refs" / "main", revision)
     return snap
 
 
@@ -799,13 +729,8 @@ def seed_mobilenet_v2_features() -> Path:
     target = torchvision.models.mobilenet_v2().state_dict()
     renamed = _mirror_by_position(asset, target, [k for k in target if k.startswith("features.")])
     out = mirrored_features_file(asset.name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    part = out.with_name(out.name + ".part")
-    try:
+    with atomic_path(out) as part:
         save_file(renamed, str(part))
-        os.replace(part, out)
-    finally:
-        part.unlink(missing_ok=True)
     return out
 
 
@@ -868,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="print the registry")
     args = parser.parse_args(argv)
     if args.cmd == "list":
-        for reg in (IMAGE_DATASETS, TEXT_DATASETS, SAMPLE_IMAGES, MODELS, WEB_ASSETS):
+        for reg in (IMAGE_DATASETS, TEXT_DATASETS, SAMPLE_IMAGES, MODELS):
             for key, asset in reg.items():
                 print(f"{key:42s} {getattr(asset, 'url', None) or getattr(asset, 'hf_id', None) or asset.canonical}")
         return 0

@@ -2,7 +2,8 @@
 
 A result is stored under a key that hashes everything that determines it; a file that cannot be
 read, or that holds another key's result, is a cache miss: the result is computed again and the
-file overwritten, with a warning. Writes are atomic (``.part`` then rename). This module sits at
+file overwritten, with a warning. Writes are atomic
+(:func:`~transfer_utils.fileio.atomic_path`). This module sits at
 the bottom of the package: :mod:`transfer_utils.data` (decoded pixels) and
 :mod:`transfer_utils.features` (embeddings) both use it.
 
@@ -15,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import time
 import warnings
@@ -28,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import ConfigError
+from .fileio import atomic_path
 
 __all__ = ["SkippedImage", "Features", "model_fingerprint", "load_or_compute"]
 
@@ -60,8 +63,22 @@ class Features:
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """sha256 over the names, shapes and values of a model's parameters and buffers."""
+    """sha256 over what a model computes: the names, shapes and values of its parameters and
+    buffers, its structure (``repr``: layer types and settings), its class and ``forward`` source
+    where Python can read it, and which submodules carry forward hooks.
+
+    Weights alone are not enough: a wrapper that reads other layers' outputs through hooks (chapter
+    3's per-stage pooling) has the same weights whichever layers it hooks, and a cache keyed on the
+    weights alone returned features of another layout.
+    """
     h = hashlib.sha256()
+    h.update(f"{type(model).__module__}.{type(model).__qualname__}\n{model!r}".encode())
+    try:
+        h.update(inspect.getsource(type(model).forward).encode())
+    except (OSError, TypeError):  # defined where the source cannot be read: the repr and hooks still count
+        pass
+    hooked = [name for name, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+    h.update(json.dumps(hooked).encode())
     for name, tensor in model.state_dict().items():
         h.update(name.encode())
         h.update(str(tuple(tensor.shape)).encode())
@@ -109,12 +126,7 @@ def load_or_compute(cache_dir: str | Path | None, tag: str, key: str, compute: C
     x, y, *rest = compute()
     skipped = list(rest[0]) if rest else []
     if cache_dir is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        part = path.with_name(path.name + ".part")
-        try:
+        with atomic_path(path) as part:
             save_file({"x": x.contiguous(), "y": y.contiguous()}, part,
                       metadata={"key": key, "tag": tag, "skipped": json.dumps([asdict(s) for s in skipped])})
-            part.replace(path)
-        finally:
-            part.unlink(missing_ok=True)
     return Features(x, y, key, False, time.perf_counter() - start, skipped)

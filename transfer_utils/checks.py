@@ -13,8 +13,8 @@ Example::
     checks.label_smoothing_gradient(my_grad)   # shows ✅ or ❌ with a hint
 
 One check per chapter beyond chapter 2: :func:`batchnorm_halfway` (1), :func:`mean_pooling` (3),
-:func:`stage_learning_rates` (4), :func:`confident_mistakes` (5), :func:`head_tail_truncation`
-(6), :func:`distillation_loss` (7), :func:`batchnorm_moments` (8), :func:`lora_delta` (09, parameter-efficient).
+:func:`stage_learning_rates` and :func:`weight_interpolation` (4), :func:`confident_mistakes` and :func:`expected_calibration_error` (5),
+:func:`head_tail_truncation` (6), :func:`distillation_loss` (7), :func:`batchnorm_moments` (8), :func:`lora_delta` (09, parameter-efficient).
 """
 
 from __future__ import annotations
@@ -336,6 +336,62 @@ def _index_set(exercise: str, fn: Callable[..., object], *args: object) -> torch
     return torch.unique(values)  # sorted, without repeats
 
 
+def weight_interpolation(fn: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], float], object],
+                         seed: int = 0) -> CheckResult:
+    """Chapter 4, exercise ``ex-ft-interpolate``: ``fn(state_a, state_b, alpha)`` gets two state dicts
+    of one architecture and must return a new one holding ``(1 - alpha) * state_a + alpha * state_b``
+    for every floating-point tensor, as :func:`transfer_utils.weightspace.interpolate` does; integer
+    counters (BatchNorm's ``num_batches_tracked``) stay integers, copied from either state."""
+    from .weightspace import interpolate as reference
+
+    exercise = "weight interpolation"
+    counter = "bn.num_batches_tracked"
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for shapes, alpha in ((((3, 4), (3,)), 0.25), (((2, 2, 3, 3), (5,)), 0.7), (((6,),), 0.0),
+                          (((4, 2),), 1.0), (((3, 3), (2,)), 0.4)):
+        a = {f"layer{i}.weight": torch.randn(s, generator=g, dtype=torch.float64) for i, s in enumerate(shapes)}
+        b = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in a.items()}
+        a[counter], b[counter] = torch.tensor(7), torch.tensor(12)
+        cases.append(((a, b, alpha), _flat(reference(a, b, alpha), a)))
+
+    def call(exercise: str, fn: Callable[..., object], a: dict, b: dict, alpha: float) -> torch.Tensor | CheckResult:
+        out = _invoke(exercise, fn, ({k: v.clone() for k, v in a.items()}, {k: v.clone() for k, v in b.items()}, alpha),
+                      "a new dict {name: tensor}")
+        if isinstance(out, CheckResult):
+            return out
+        if not isinstance(out, dict) or not all(isinstance(v, torch.Tensor) for v in out.values()):
+            return CheckResult(exercise, False, f"your function returned a {type(out).__name__}: return a dict "
+                                                "{name: tensor}, like a state_dict().")
+        if set(out) != set(a):
+            return CheckResult(exercise, False, f"your dict has the names {sorted(out)}, the states have "
+                                                f"{sorted(a)}: one entry per tensor of the state dicts.")
+        got = out[counter]
+        if got.is_floating_point() or int(got) not in (int(a[counter]), int(b[counter])):
+            return CheckResult(exercise, False, f"{counter!r} came back as {got.tolist()} ({got.dtype}): it counts "
+                                                "BatchNorm's updates, it is not a weight. Keep one state's integer.")
+        return _flat(out, a)
+
+    mistakes = [
+        (lambda a, b, t: _flat({k: t * v + (1 - t) * b[k] if v.is_floating_point() else v for k, v in a.items()}, a),
+         "alpha weighs the wrong end: alpha = 0 must give back the first state, alpha = 1 the second."),
+        (lambda a, b, t: _flat({k: (v + b[k]) / 2 if v.is_floating_point() else v for k, v in a.items()}, a),
+         "you return the plain average whatever alpha is: alpha sets how far along the line to go."),
+        (lambda a, b, t: _flat({k: v + t * b[k] if v.is_floating_point() else v for k, v in a.items()}, a),
+         "the two weights of your combination do not add up to 1: the first state's share must shrink as "
+         "alpha grows."),
+        (lambda a, b, t: _flat({k: v + t * (v - b[k]) if v.is_floating_point() else v for k, v in a.items()}, a),
+         "you move away from the second state instead of towards it: check the direction of the difference."),
+    ]
+    return _compare(exercise, fn, cases, mistakes, reference="weightspace.interpolate",
+                    shape_hint="every tensor keeps its shape", call=call)
+
+
+def _flat(state: dict, order: dict) -> torch.Tensor:
+    """The floating-point tensors of ``state`` (in ``order``'s key order) as one float64 vector."""
+    return torch.cat([state[k].detach().reshape(-1).to(torch.float64) for k, v in order.items() if v.is_floating_point()])
+
+
 def confident_mistakes(fn: Callable[[torch.Tensor, torch.Tensor, float], object], seed: int = 0) -> CheckResult:
     """Chapter 5, exercise ``ex-resnet-confident``: ``fn(probs, labels, threshold)`` must return the indices of
     the examples the model gets wrong while giving its predicted class a probability above
@@ -363,6 +419,70 @@ def confident_mistakes(fn: Callable[[torch.Tensor, torch.Tensor, float], object]
     ]
     return _compare("confident mistakes", fn, cases, mistakes, reference="the expected indices",
                     shape_hint="the number of confident mistakes", call=_index_set)
+
+
+def _scalar(exercise: str, fn: Callable[..., object], *args: object) -> torch.Tensor | CheckResult:
+    """The learner's one number (a float, or a tensor or array holding one) as a float64 scalar tensor."""
+    out = _invoke(exercise, fn, args, "one number")
+    if isinstance(out, CheckResult):
+        return out
+    try:
+        value = torch.as_tensor(out, dtype=torch.float64).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        return CheckResult(exercise, False, f"your function returned a {type(out).__name__}, not a number.")
+    if value.numel() != 1:
+        return CheckResult(exercise, False, f"your function returned {value.numel()} numbers: return one, the ECE.")
+    return value[0]
+
+
+def expected_calibration_error(fn: Callable[[torch.Tensor, torch.Tensor, int], object], seed: int = 0) -> CheckResult:
+    """Chapter 5, exercise ``ex-resnet-ece``: ``fn(probs, labels, n_bins)`` must return the expected
+    calibration error of ``probs`` (``[N, K]``, rows sum to 1) against ``labels`` (``[N]``), with
+    bin ``m`` holding the confidences in ``[m/M, (m+1)/M)``, like
+    :func:`transfer_utils.evaluate.expected_calibration_error` (and torchmetrics)."""
+    from .evaluate import expected_calibration_error as reference
+
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for n, k, scale, n_bins in ((200, 2, 3.0, 15), (150, 5, 1.5, 10), (80, 3, 4.0, 15), (300, 2, 1.0, 5)):
+        probs = torch.softmax(scale * torch.randn(n, k, generator=g, dtype=torch.float64), 1)
+        labels = torch.randint(0, k, (n,), generator=g)
+        cases.append(((probs, labels, n_bins), torch.tensor(reference(probs, labels, n_bins=n_bins),
+                                                            dtype=torch.float64)))
+
+    def parts(p: torch.Tensor, y: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        conf, pred = p.max(1)
+        return conf, (pred == y).to(torch.float64), (conf * m).floor()
+
+    def binned(p: torch.Tensor, y: torch.Tensor, m: int, weighted: bool = True, absolute: bool = True) -> torch.Tensor:
+        conf, correct, bins = parts(p, y, m)
+        gaps = [((bins == b).to(torch.float64).mean() if weighted else torch.tensor(1.0, dtype=torch.float64),
+                 correct[bins == b].mean() - conf[bins == b].mean()) for b in bins.unique()]
+        total = sum(w * (gap.abs() if absolute else gap) for w, gap in gaps)
+        return torch.as_tensor(total if weighted else total / len(gaps), dtype=torch.float64)
+
+    def positive_class(p: torch.Tensor, y: torch.Tensor, m: int) -> torch.Tensor:
+        conf, correct = p[:, 1], (y == 1).to(torch.float64)
+        bins = (conf * m).floor()
+        return torch.as_tensor(sum((bins == b).to(torch.float64).mean() * (correct[bins == b].mean()
+                                                                            - conf[bins == b].mean()).abs()
+                                   for b in bins.unique()), dtype=torch.float64)
+
+    mistakes = [
+        (lambda p, y, m: binned(p, y, m, weighted=False), "you averaged the bins' gaps equally; weight each bin by "
+                                                         "the share of the predictions that fall in it."),
+        (lambda p, y, m: binned(p, y, m, absolute=False).abs(), "you added the signed gaps, so over- and "
+                                                                "underconfident bins cancel: take each bin's "
+                                                                "absolute gap before adding."),
+        (lambda p, y, m: (parts(p, y, m)[1] - parts(p, y, m)[0]).abs().mean(),
+         "you averaged |correct - confidence| over single predictions: compare each bin's accuracy with its "
+         "mean confidence."),
+        (lambda p, y, m: binned(p, y, m, absolute=False), "you added the signed gaps: take each bin's absolute gap."),
+        (positive_class, "you binned the probability of class 1; the confidence is the probability of the class "
+                         "the model predicts (the largest one)."),
+    ]
+    return _compare("expected calibration error", fn, cases, mistakes,
+                    reference="evaluate.expected_calibration_error", shape_hint="one number", call=_scalar)
 
 
 def _id_list(exercise: str, fn: Callable[..., object], ids: list[int], max_tokens: int) -> torch.Tensor | CheckResult:

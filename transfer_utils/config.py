@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -91,6 +92,22 @@ class OfflineState:
         return self.offline
 
 
+def _hub_offline() -> None:
+    """Switch the Hugging Face libraries to their offline mode, also when they are already imported.
+
+    ``HF_HUB_OFFLINE`` is read once, when ``huggingface_hub`` is imported, so exporting it later
+    changes nothing in this process; the module constant is set too. Without it, ``from_pretrained``
+    asks the hub for an ``adapter_config.json`` even with ``local_files_only=True`` (transformers
+    5.x does not pass that flag to its adapter lookup), and each model load waits ~25 s for the
+    retries of a hub that cannot be reached.
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+
+
 def resolve_offline(setting: OfflineSetting = "auto", *, verbose: bool = True) -> OfflineState:
     """Resolve the offline switch.
 
@@ -99,7 +116,8 @@ def resolve_offline(setting: OfflineSetting = "auto", *, verbose: bool = True) -
     * ``"auto"`` (default): offline if ``TL_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` is set, or if no
       model hub answers. When it turns itself on it says so.
 
-    Offline, ``HF_HUB_OFFLINE=1`` is exported so that ``from_pretrained`` reads only the cache.
+    Offline, ``HF_HUB_OFFLINE=1`` is exported so that ``from_pretrained`` reads only the cache (and
+    ``huggingface_hub``, if imported already, is told as well: it reads the variable at import).
 
     Example::
 
@@ -119,8 +137,7 @@ def resolve_offline(setting: OfflineSetting = "auto", *, verbose: bool = True) -
     else:
         state = OfflineState(bool(setting), "set explicitly")
     if state.offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["HF_DATASETS_OFFLINE"] = "1"
+        _hub_offline()
         if verbose:
             print(
                 f"[transfer_utils] OFFLINE MODE is ON ({state.reason}).\n"

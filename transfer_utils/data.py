@@ -708,6 +708,9 @@ def per_class_indices(targets: Sequence[int], n_per_class: int | None, seed: int
     targets_arr = as_labels(targets, where="targets").numpy()
     if n_per_class is None:
         return list(range(len(targets_arr)))
+    if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)):
+        raise ConfigError(f"n_per_class must be a whole number >= 1 (or None for all), got "
+                          f"{type(n_per_class).__name__} {n_per_class!r}")
     if n_per_class < 1:
         raise DataError(f"n_per_class must be >= 1, got {n_per_class}")
     rng = np.random.default_rng(seed)
@@ -720,6 +723,9 @@ def per_class_indices(targets: Sequence[int], n_per_class: int | None, seed: int
 
 def stratified_split(targets: Sequence[int], val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
     """Split indices into train and validation, keeping class proportions; same seed, same split."""
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float, np.integer, np.floating)):
+        raise ConfigError(f"val_fraction must be a number in (0, 1), e.g. 0.2, got "
+                          f"{type(val_fraction).__name__} {val_fraction!r}")
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
     targets_arr = as_labels(targets, where="targets").numpy()
@@ -919,8 +925,17 @@ def load_text_dataset(name: str, *, offline: bool = False, test_fraction: float 
         rt = load_text_dataset("rotten_tomatoes", offline=True)
         print(rt.train_texts[0], rt.label_names[rt.train_labels[0]])
     """
-    if name not in assets.TEXT_DATASETS:
-        raise KeyError(f"unknown text dataset {name!r}; registered: {sorted(assets.TEXT_DATASETS)}")
+    if not isinstance(name, str) or name not in assets.TEXT_DATASETS:
+        raise ConfigError(f"unknown text dataset {name!r}; use one of the registered names: "
+                          f"{sorted(assets.TEXT_DATASETS)}")
+    if (isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.integer, np.floating))
+            or not 0.0 < test_fraction < 1.0):
+        raise ConfigError(f"test_fraction must be a number in (0, 1), the share held out for testing "
+                          f"(e.g. 0.2), got {test_fraction!r}")
+    for what, cap in (("max_train", max_train), ("max_test", max_test)):
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 2):
+            raise ConfigError(f"{what} must be a whole number >= 2 (it keeps {what} // 2 examples per class) "
+                              f"or None for all, got {type(cap).__name__} {cap!r}")
     asset = assets.TEXT_DATASETS[name]
     if offline:
         texts, labels = _read_mirror_rows(asset)

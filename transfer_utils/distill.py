@@ -48,6 +48,9 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 def small_cnn(num_classes: int, width: int = 32) -> nn.Module:
     """A four-block convolutional student (about 0.14 M parameters at ``width=24``), trained from scratch."""
+    for what, value in (("num_classes", num_classes), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{what} must be a whole number >= 1, got {value!r}")
     def block(cin: int, cout: int) -> nn.Sequential:
         return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
                              nn.MaxPool2d(2))

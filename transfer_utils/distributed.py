@@ -32,7 +32,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -56,6 +55,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from .errors import ConfigError, LaunchError, LaunchTimeoutError, TransferUtilsError
+from .fileio import atomic_path, atomic_write_json
 
 MODES = ("single", "ddp", "accelerate")
 LOOPBACK = "127.0.0.1"  #: where the processes of a one-machine job meet (rendezvous)
@@ -88,17 +88,9 @@ class RunResult:
 
 
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """The 1,797 8x8 digits that ship inside scikit-learn, pixels scaled to [0, 1].
-
-    Read straight from scikit-learn's bundled CSV, without importing scikit-learn (which would
-    cost every process about a second of start-up).
-    """
-    spec = importlib.util.find_spec("sklearn")
-    csv = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
-    if csv is not None and csv.is_file():
-        raw = np.loadtxt(csv, delimiter=",", dtype=np.float32)
-        return raw[:, :-1] / 16.0, raw[:, -1].astype(np.int64)
-    from sklearn.datasets import load_digits  # a layout we do not know: the official loader
+    """The 1,797 8x8 digits that ship inside scikit-learn (``sklearn.datasets.load_digits``: its
+    public loader, nothing downloaded), pixels scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
 
     digits = load_digits()
     return digits.data.astype(np.float32) / 16.0, digits.target.astype(np.int64)
@@ -211,11 +203,12 @@ def check_batch(global_batch: int, world_size: int, dataset_size: int | None = N
 
 
 def _save(out_dir: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
-    """Rank 0 only: the weights in safetensors, everything else as JSON."""
+    """Rank 0 only: the weights in safetensors, everything else as JSON, each written atomically;
+    ``result.json`` last, so a run that has one has its weights too."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / "weights.safetensors")
-    (out / "result.json").write_text(json.dumps(meta, indent=1))
+    with atomic_path(out / "weights.safetensors") as part:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, part)
+    atomic_write_json(out / "result.json", meta)
 
 
 def _test_accuracy(model: nn.Module, test: TensorDataset) -> float:
@@ -300,6 +293,9 @@ def finetune_accelerate(out_dir: str | Path, cfg: RunConfig = RunConfig(), init:
     net, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     losses, seen = [], []
     for epoch in range(cfg.epochs):
+        # Our own sampler's epoch, set directly: in older accelerate loader.set_epoch did not reach a
+        # sampler under its BatchSamplerShard (seen with 1.1 and 1.6), and every epoch replayed epoch 0's order.
+        sampler.set_epoch(epoch)
         loader.set_epoch(epoch)
         for x, y, index in loader:
             loss = nn.functional.cross_entropy(net(x), y)

@@ -26,6 +26,7 @@ from .errors import ConfigError, DataError
 
 def class_prototypes(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """The mean of each class's L2-normalised embeddings, ``[num_classes, dim]``."""
+    _check_embeddings(embeddings, "embeddings")
     labels = as_labels(labels, num_classes).to(embeddings.device)
     if len(labels) != len(embeddings):
         raise DataError(f"{len(embeddings)} embeddings but {len(labels)} labels")
@@ -38,11 +39,25 @@ def class_prototypes(embeddings: torch.Tensor, labels: torch.Tensor, num_classes
 
 def nearest_prototype(embeddings: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of every embedding to every prototype, ``[n, num_classes]`` (argmax = prediction)."""
+    _check_embeddings(embeddings, "embeddings")
+    _check_embeddings(prototypes, "prototypes")
+    if embeddings.shape[1] != prototypes.shape[1]:
+        raise DataError(f"embeddings have {embeddings.shape[1]} dimensions but prototypes {prototypes.shape[1]}: "
+                        f"compute both with the same encoder (and the same pooling)")
     return F.normalize(embeddings.float(), dim=-1) @ F.normalize(prototypes.float(), dim=-1).T
+
+
+def _check_embeddings(x: torch.Tensor, what: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 2:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise DataError(f"{what} must be a [n, dim] tensor (one embedding per row), got {shape}")
 
 
 def sample_support(labels: Sequence[int], shots: int, episodes: int, seed: int = 0) -> list[list[int]]:
     """``episodes`` random support sets of ``shots`` examples per class (indices into ``labels``)."""
+    for what, value in (("shots", shots), ("episodes", episodes)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(f"{what} must be a whole number >= 1, got {value!r}")
     labels_np = as_labels(labels).numpy()
     rng = np.random.default_rng(seed)
     out = []
@@ -61,6 +76,7 @@ def average_probabilities(probabilities: Sequence[np.ndarray], weights: Sequence
     """Fuse models by a (weighted) mean of their class probabilities, each ``[n, classes]``."""
     if not probabilities:
         raise ConfigError("nothing to fuse: pass the probabilities of at least one model")
+    probabilities = [np.asarray(p, dtype=float) for p in probabilities]
     shapes = {p.shape for p in probabilities}
     if len(shapes) != 1:
         raise ConfigError(f"the models' probabilities have different shapes {sorted(shapes)}: score the same examples")

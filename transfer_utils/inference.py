@@ -1,9 +1,10 @@
 """Ship a fine-tuned image classifier: save it, load it in a fresh process, predict on any image.
 
-A saved classifier is a folder with two files:
+A saved classifier is a folder in the book's one shipping format (:mod:`~transfer_utils.manifest`):
 
 * ``model.safetensors`` — the weights (loading them never unpickles anything);
-* ``classifier.json`` — the registry architecture, the class names and the preprocessing.
+* ``manifest.json`` — ``kind: "image-classifier"``, the registry architecture, the class names,
+  the preprocessing and the temperature that :func:`predict` divides the logits by.
 
 Example::
 
@@ -15,7 +16,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -26,21 +26,45 @@ from PIL import Image, ImageOps
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .data import Preprocessing, SkippedImage, check_on_error, load_image, to_rgb, warn_skipped
+from .data import (
+    Preprocessing,
+    SkippedImage,
+    check_on_error,
+    load_image,
+    to_rgb,
+    warn_skipped,
+)
 from .errors import ConfigError, DamagedFileError, DataError
-from .models import FrozenBackboneClassifier, attach_head, check_head, create_backbone, replace_head
+from .manifest import (
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    Manifest,
+    check_temperature,
+    read_manifest,
+    write_classifier_folder,
+)
+from .models import (
+    FrozenBackboneClassifier,
+    attach_head,
+    check_head,
+    create_backbone,
+    replace_head,
+)
 
-FORMAT_VERSION = 1
+KIND = "image-classifier"
 
 
 @dataclass
 class Classifier:
-    """A loaded classifier: the network in eval mode plus what it needs to read an image."""
+    """A loaded classifier: the network in eval mode plus what it needs to read an image.
+
+    ``temperature`` divides the logits before the softmax (1.0: the probabilities as trained)."""
 
     model: nn.Module
     architecture: str
     class_names: list[str]
     preprocessing: Preprocessing
+    temperature: float = 1.0
 
 
 @dataclass
@@ -68,16 +92,19 @@ class Predictions(list):  # type: ignore[type-arg]
 
 
 def save_classifier(directory: str | Path, model: nn.Module, *, architecture: str, class_names: Sequence[str],
-                    preprocessing: Preprocessing) -> Path:
-    """Write ``model.safetensors`` and ``classifier.json`` into ``directory`` (each atomically).
+                    preprocessing: Preprocessing, temperature: float = 1.0) -> Path:
+    """Write ``model.safetensors`` and ``manifest.json`` into ``directory``, atomically (a failed
+    save leaves an earlier one intact; see :func:`~transfer_utils.manifest.write_classifier_folder`).
 
     ``architecture`` is the registry name of the backbone actually used (``backbone.name``, which
     differs from the requested one after an offline substitution). A chapter-3 model — a
     :class:`~transfer_utils.models.FrozenBackboneClassifier` with a linear head — is saved as its
     backbone with that head (:func:`~transfer_utils.models.attach_head`); a head trained on cached
     features, torch or scikit-learn, is attached first: ``attach_head(backbone.model, head, mu, sigma)``.
-    The weights must fit ``architecture`` exactly, or nothing is written.
+    ``temperature`` (from :func:`~transfer_utils.evaluate.fit_temperature`) is stored and applied by
+    :func:`predict`. The weights must fit ``architecture`` exactly, or nothing is written.
     """
+    temperature = check_temperature(temperature)
     if isinstance(model, FrozenBackboneClassifier):
         model = attach_head(model.trunk, model.head, model.mean, model.std)
     check_head(model, len(class_names))
@@ -88,34 +115,29 @@ def save_classifier(directory: str | Path, model: nn.Module, *, architecture: st
         raise ConfigError(f"the model's weights do not fit architecture {architecture!r} (e.g. {wrong[:3]}), so "
                           "load_classifier could not rebuild it: pass the registry name of the backbone it was "
                           "built from (backbone.name)")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = directory / "model.safetensors"
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, weights.with_suffix(".part"))
-    weights.with_suffix(".part").replace(weights)
-    meta = {"format_version": FORMAT_VERSION, "architecture": architecture, "class_names": list(class_names),
-            "preprocessing": asdict(preprocessing)}
-    config = directory / "classifier.json"
-    config.with_suffix(".part").write_text(json.dumps(meta, indent=2))
-    config.with_suffix(".part").replace(config)
-    return directory
+    manifest = Manifest(kind=KIND, class_names=tuple(class_names), architecture=architecture,
+                        preprocessing=asdict(preprocessing), temperature=temperature)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    return write_classifier_folder(directory, manifest, lambda folder: save_file(tensors, folder / WEIGHTS_FILE))
 
 
 def load_classifier(directory: str | Path, device: torch.device | str = "cpu") -> Classifier:
-    """Rebuild the architecture (no pretrained download), load the saved weights, switch to eval."""
+    """Rebuild the architecture (no pretrained download), load the saved weights, switch to eval.
+
+    A folder that is not a saved image classifier, or is damaged, raises
+    :class:`~transfer_utils.errors.DamagedFileError` naming the file and what to do."""
     directory = Path(directory)
-    config, weights = directory / "classifier.json", directory / "model.safetensors"
-    if not config.is_file() or not weights.is_file():
-        raise ConfigError(f"{directory} is not a saved classifier: it needs classifier.json and model.safetensors "
-                          "(written by transfer_utils.inference.save_classifier)")
+    manifest = read_manifest(directory, KIND)
+    config, weights = directory / MANIFEST_FILE, directory / WEIGHTS_FILE
+    again = "Copy the folder again, or save the model again with save_classifier."
     try:
-        meta = json.loads(config.read_text())
-        prep = meta["preprocessing"]
-        preprocessing = Preprocessing(prep["input_size"], prep["resize_size"], prep["interpolation"],
-                                      tuple(prep["mean"]), tuple(prep["std"]))
-        architecture, class_names = meta["architecture"], list(meta["class_names"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ConfigError(f"{config} is damaged or from another program ({err!r}); save the model again") from None
+        prep = manifest.preprocessing
+        preprocessing = Preprocessing(int(prep["input_size"]), int(prep["resize_size"]), str(prep["interpolation"]),
+                                      tuple(map(float, prep["mean"])), tuple(map(float, prep["std"])))
+    except (TypeError, ValueError) as err:
+        raise DamagedFileError(f"{config} is damaged: its preprocessing cannot be read ({err!r}). {again}",
+                               config) from None
+    architecture, class_names = manifest.architecture, list(manifest.class_names)
     from safetensors import SafetensorError
 
     from .train import _state_mismatch
@@ -123,16 +145,20 @@ def load_classifier(directory: str | Path, device: torch.device | str = "cpu") -
     try:
         state = load_file(weights)
     except (SafetensorError, OSError) as err:
-        raise DamagedFileError(f"{weights} is damaged ({err}): it was cut short or overwritten. Copy the folder "
-                               "again, or save the model again with save_classifier.", weights) from None
-    model = replace_head(create_backbone(architecture, pretrained=False).model, len(class_names))
+        raise DamagedFileError(f"{weights} is damaged ({err}): it was cut short or overwritten. {again}",
+                               weights) from None
+    try:
+        model = replace_head(create_backbone(architecture, pretrained=False).model, len(class_names))
+    except (KeyError, ConfigError) as err:
+        raise DamagedFileError(f"{config} names architecture {architecture!r}, which this transfer_utils cannot "
+                               f"build ({err}). {again}", config) from None
     differences = _state_mismatch(state, model)
     if differences:
-        raise ConfigError(f"{weights} does not fit the {architecture} with {len(class_names)} classes that {config} "
-                          f"describes ({differences}): the two files come from different saves. Save the model "
-                          "again with save_classifier.")
+        raise DamagedFileError(f"{weights} does not fit the {architecture} with {len(class_names)} classes that "
+                               f"{config.name} describes ({differences}): the two files come from different saves. "
+                               f"{again}", weights)
     model.load_state_dict(state)
-    return Classifier(model.eval().to(device), architecture, class_names, preprocessing)
+    return Classifier(model.eval().to(device), architecture, class_names, preprocessing, manifest.temperature)
 
 
 def _read(item: str | Path | Image.Image) -> Image.Image:
@@ -156,7 +182,8 @@ def predict(classifier: Classifier, images: Sequence[str | Path | Image.Image], 
     them (:func:`~transfer_utils.data.load_image`: upright, 16-bit and float images scaled) and
     resized by the classifier's own :class:`~transfer_utils.data.Preprocessing`. With
     ``tta=True``, average the probabilities of each image and its mirror image (test-time
-    augmentation).
+    augmentation). The probabilities are ``softmax(logits / classifier.temperature)``: a
+    temperature fitted on held-out data (chapter 5) makes them honest; it never changes the label.
 
     An unreadable image raises :class:`DataError` naming it (``on_error="raise"``, the default).
     With ``on_error="skip"`` it is left out: the result holds the other images' predictions
@@ -171,6 +198,7 @@ def predict(classifier: Classifier, images: Sequence[str | Path | Image.Image], 
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     check_on_error(on_error)
+    temperature = check_temperature(classifier.temperature)
     transform = classifier.preprocessing.eval_transform()
     device = next(classifier.model.parameters()).device
     out = Predictions()
@@ -190,9 +218,9 @@ def predict(classifier: Classifier, images: Sequence[str | Path | Image.Image], 
         if not batch:
             continue
         x = torch.stack(batch).to(device)
-        probs = classifier.model(x).softmax(-1)
+        probs = (classifier.model(x) / temperature).softmax(-1)
         if tta:
-            probs = (probs + classifier.model(torch.flip(x, dims=[3])).softmax(-1)) / 2
+            probs = (probs + (classifier.model(torch.flip(x, dims=[3])) / temperature).softmax(-1)) / 2
         for (index, source), row in zip(kept, probs.cpu()):
             k = int(row.argmax())
             out.append(Prediction(classifier.class_names[k], float(row[k]),

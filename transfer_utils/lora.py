@@ -1,8 +1,10 @@
-"""Parameter-efficient fine-tuning, by hand: LoRA layers, merging, and what a training step holds.
+"""Parameter-efficient fine-tuning, by hand: LoRA layers, merging, bottleneck adapters, a simulated
+4-bit (NF4) base, and what a training step holds.
 
 The parameter-efficient chapter (``notebooks/09_parameter_efficient.ipynb``) builds
 :class:`LoRALinear` in a notebook cell and then uses ``peft``; this module keeps
-the same class (a test checks that the chapter's cell is this code), the merge, and the
+the same class (a test checks that the chapter's cell is this code), the merge, Houlsby et al.'s
+:class:`Adapter` (``peft`` has none), NF4 quantisation for the QLoRA section, and the
 measurements the chapter's comparison table needs.
 
 Example::
@@ -169,3 +171,97 @@ def step_memory(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch
         optimizer=nbytes(v for s in optimizer.state.values() for v in s.values()
                          if isinstance(v, torch.Tensor) and v.dim() > 0),
         activations=sum(saved.values()), cuda_peak=cuda_peak)
+
+
+class Adapter(nn.Module):
+    """Houlsby et al.'s bottleneck adapter: ``h + up(gelu(down(h)))``, ``down`` from ``dim`` to
+    ``bottleneck`` features and ``up`` back. ``up`` starts at zero, so the adapter starts as the identity."""
+
+    def __init__(self, dim: int, bottleneck: int = 16) -> None:
+        super().__init__()
+        self.down, self.up = nn.Linear(dim, bottleneck), nn.Linear(bottleneck, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.up(F.gelu(self.down(h)))
+
+
+class AdaptedLinear(nn.Module):
+    """A frozen ``nn.Linear`` followed by a trainable :class:`Adapter`: ``adapter(base(x))``."""
+
+    def __init__(self, base: nn.Linear, bottleneck: int = 16) -> None:
+        super().__init__()
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.adapter = Adapter(base.out_features, bottleneck)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapter(self.base(x))
+
+
+def add_adapters(model: nn.Module, targets: Iterable[str] = ("output.dense",), bottleneck: int = 16) -> list[str]:
+    """Insert an :class:`Adapter` after every ``nn.Linear`` whose full name ends with one of
+    ``targets`` (in place); return the full names. In BERT-family models ``output.dense`` matches
+    both places Houlsby et al. put one: the attention's output projection (``attention.output.dense``)
+    and the feed-forward block's (``output.dense``), each before its residual sum and LayerNorm."""
+    suffixes = tuple(targets)
+    wrapped = []
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            full = f"{parent_name}.{name}" if parent_name else name
+            if isinstance(child, nn.Linear) and any(full == s or full.endswith("." + s) for s in suffixes):
+                setattr(parent, name, AdaptedLinear(child, bottleneck))
+                wrapped.append(full)
+    if not wrapped:
+        raise ConfigError(f"no nn.Linear whose name ends with {list(suffixes)} in {type(model).__name__}: "
+                          "print [n for n, _ in model.named_modules()] to find the output projections")
+    return wrapped
+
+
+#: The 16 levels of QLoRA's 4-bit NormalFloat (NF4) data type, as bitsandbytes stores them: quantiles
+#: of a normal distribution scaled to [-1, 1], with an exact zero.
+NF4_LEVELS = torch.tensor([
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+    -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+    0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+    0.7229568362236023, 1.0])
+
+
+def quantize_nf4(weight: torch.Tensor, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Store ``weight`` in 4 bits: per block of ``block`` values one float32 absmax scale, and per
+    value the index of the nearest NF4 level, two indices packed in each byte. Returns
+    ``(packed uint8 codes, absmax scales)``; :func:`dequantize_nf4` inverts it up to rounding."""
+    if weight.numel() % (2 * block):
+        raise ConfigError(f"quantize_nf4 needs a size divisible by {2 * block}, got {tuple(weight.shape)}")
+    blocks = weight.detach().float().reshape(-1, block)
+    absmax = blocks.abs().amax(dim=1).clamp_min(1e-12)
+    levels = NF4_LEVELS.to(weight.device)
+    midpoints = (levels[1:] + levels[:-1]) / 2                      # nearest level = bucket between midpoints
+    codes = torch.bucketize(blocks / absmax[:, None], midpoints).to(torch.uint8).reshape(-1)
+    return codes[0::2] | (codes[1::2] << 4), absmax
+
+
+def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape: torch.Size | tuple[int, ...],
+                   block: int = 64) -> torch.Tensor:
+    """The float32 weight that :func:`quantize_nf4`'s codes stand for, shaped ``shape``."""
+    codes = torch.stack([packed & 0xF, packed >> 4], dim=1).reshape(-1).long()
+    levels = NF4_LEVELS.to(packed.device)
+    return (levels[codes].reshape(-1, block) * absmax[:, None]).reshape(shape)
+
+
+def nf4_round_trip_(model: nn.Module, block: int = 64) -> tuple[int, int]:
+    """Replace every ``nn.Linear`` weight of ``model`` by its NF4 round trip (in place) and return
+    ``(bytes in float32, bytes in NF4)`` of those weights. This *simulates* a 4-bit base: the layers
+    compute exactly what a layer de-quantising its NF4 weights on the fly computes, while memory
+    still holds float32 (``bitsandbytes`` stores the codes, on a GPU)."""
+    fp32 = nf4 = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                packed, absmax = quantize_nf4(module.weight, block)
+                module.weight.copy_(dequantize_nf4(packed, absmax, module.weight.shape, block))
+                fp32 += module.weight.numel() * 4
+                nf4 += packed.numel() * packed.element_size() + absmax.numel() * absmax.element_size()
+    return fp32, nf4

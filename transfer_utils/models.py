@@ -20,7 +20,8 @@ from __future__ import annotations
 import fnmatch
 import sys
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,16 +98,6 @@ def resolve_model(name: str, libraries: tuple[str, ...], *, offline: bool, kind:
     return resolve_model(asset.offline_substitute, libraries, offline=offline, kind=kind)
 
 
-def _final_linear(model: nn.Module) -> nn.Linear:
-    """The classifier's last linear layer: ``fc``, ``classifier``, or the end of a ``classifier`` block."""
-    layer = getattr(model, "fc", None) or getattr(model, "classifier", None)
-    if isinstance(layer, nn.Sequential):
-        layer = layer[-1]
-    if not isinstance(layer, nn.Linear):
-        raise ConfigError(f"{type(model).__name__} has no linear head named 'fc' or 'classifier'")
-    return layer
-
-
 def _torchvision_backbone(name: str, pretrained: bool, offline: bool = False) -> Backbone:
     import torchvision
 
@@ -135,7 +126,7 @@ def _torchvision_backbone(name: str, pretrained: bool, offline: bool = False) ->
     else:
         prep = Preprocessing(224, 256, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
         source = "random initialisation"
-    return Backbone(name, name, model, _final_linear(model).in_features, prep, source)
+    return Backbone(name, name, model, head_of(model).in_features, prep, source)
 
 
 def _torchvision_state_dict(asset: assets.ModelAsset) -> dict[str, torch.Tensor]:
@@ -224,12 +215,11 @@ def feature_extractor(model: nn.Module) -> nn.Module:
     import copy
 
     trunk = copy.deepcopy(model)
-    if hasattr(trunk, "reset_classifier"):
+    attr = _head_attr(trunk)  # where its family keeps the classifier (see STAGE_MAPS)
+    if hasattr(trunk, "reset_classifier"):  # timm's own way
         trunk.reset_classifier(0)
-    elif isinstance(getattr(trunk, "fc", None), nn.Linear):
-        trunk.fc = nn.Identity()
-    elif isinstance(getattr(trunk, "classifier", None), nn.Sequential):  # torchvision MobileNet, EfficientNet
-        trunk.classifier = nn.Identity()
+    elif isinstance(getattr(trunk, attr, None), (nn.Linear, nn.Sequential)):  # ResNet fc, MobileNet classifier
+        setattr(trunk, attr, nn.Identity())
     else:
         raise ConfigError(f"don't know where the head of {type(model).__name__} is")
     return trunk
@@ -323,27 +313,32 @@ def attach_head(model: nn.Module, head: Any, mean: torch.Tensor | float | None =
     b_folded = b - (w_folded * mean_t).sum(-1)
     num_classes, in_features = w.shape
     net = copy.deepcopy(model)
-    for attr in ("fc", "classifier"):
-        current = getattr(net, attr, None)
-        if isinstance(current, (nn.Linear, nn.Identity)):
-            if isinstance(current, nn.Linear) and current.in_features != in_features:
-                raise ConfigError(f"the head takes {in_features} features but {type(model).__name__}'s "
-                                  f"{attr} layer gets {current.in_features}: was it trained on this backbone?")
-            linear = nn.Linear(in_features, num_classes)
-            with torch.no_grad():
-                linear.weight.copy_(w_folded.float())
-                linear.bias.copy_(b_folded.float())
-            setattr(net, attr, linear)
-            return net.eval()
-    raise ConfigError(f"{type(model).__name__} has no 'fc' or 'classifier' layer to put the head in")
+    attr = _head_attr(net)  # where its family keeps the classifier (see STAGE_MAPS)
+    current = getattr(net, attr, None)
+    if isinstance(current, nn.Sequential) and len(current) and isinstance(current[-1], nn.Linear):
+        current = current[-1]  # torchvision MobileNetV2: the classifier block ends in the linear layer
+    if not isinstance(current, (nn.Linear, nn.Identity)):
+        raise ConfigError(f"{type(model).__name__} has no 'fc' or 'classifier' layer to put the head in")
+    if isinstance(current, nn.Linear) and current.in_features != in_features:
+        raise ConfigError(f"the head takes {in_features} features but {type(model).__name__}'s "
+                          f"{attr} layer gets {current.in_features}: was it trained on this backbone?")
+    linear = nn.Linear(in_features, num_classes)
+    with torch.no_grad():
+        linear.weight.copy_(w_folded.float())
+        linear.bias.copy_(b_folded.float())
+    setattr(net, attr, linear)
+    return net.eval()
 
 
 def head_of(model: nn.Module) -> nn.Linear:
-    """The final linear layer (``fc`` of a ResNet, ``classifier`` of a timm EfficientNet)."""
-    for attr in ("fc", "classifier"):
-        layer = getattr(model, attr, None)
-        if isinstance(layer, nn.Linear):
-            return layer
+    """The final linear layer, in the attribute its family's :class:`StageMap` names (``fc`` of a
+    ResNet, ``classifier`` of a timm EfficientNet, the last layer of torchvision MobileNetV2's
+    ``classifier`` block)."""
+    layer = getattr(model, _head_attr(model), None)
+    if isinstance(layer, nn.Sequential) and len(layer) and isinstance(layer[-1], nn.Linear):
+        layer = layer[-1]
+    if isinstance(layer, nn.Linear):
+        return layer
     raise ConfigError(f"{type(model).__name__} has no linear head named 'fc' or 'classifier'")
 
 
@@ -351,12 +346,12 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Replace the classification head with a fresh ``num_classes``-way linear layer (in place)."""
     if num_classes < 2:
         raise ConfigError(f"a classifier needs num_classes >= 2, got {num_classes}")
-    in_features = head_of(model).in_features
-    new_head = nn.Linear(in_features, num_classes)
-    if hasattr(model, "fc") and isinstance(model.fc, nn.Linear):
-        model.fc = new_head
+    new_head = nn.Linear(head_of(model).in_features, num_classes)
+    attr = _head_attr(model)
+    if isinstance(getattr(model, attr), nn.Sequential):  # torchvision MobileNetV2: keep its dropout
+        getattr(model, attr)[-1] = new_head
     else:
-        model.classifier = new_head
+        setattr(model, attr, new_head)
     return model
 
 
@@ -370,37 +365,147 @@ def check_head(model: nn.Module, num_classes: int) -> None:
         )
 
 
+@dataclass(frozen=True)
+class StageMap:
+    """How one architecture family is cut into stages (fastai's ``model_meta``, one entry per family).
+
+    ``matches`` recognises a model of the family (by its attributes, so a stand-in with the same
+    layout works too); ``split`` returns its stages, input to output, ending with ``"head"``: the
+    classifier that :func:`replace_head` puts there and nothing pretrained; ``head`` names the
+    attribute that holds that classifier (a linear layer, or a block that ends in one).
+    """
+
+    family: str
+    matches: Callable[[nn.Module], bool]
+    split: Callable[[nn.Module], "OrderedDict[str, list[nn.Module]]"]
+    head: str = "classifier"
+
+
+def _max_stride(module: nn.Module) -> int:
+    """The largest stride of a convolution inside ``module`` (1 if it has none)."""
+    return max((c.stride[0] for c in module.modules() if isinstance(c, nn.Conv2d)), default=1)
+
+
+def _by_resolution(items: list[tuple[str, nn.Module]]) -> "OrderedDict[str, list[nn.Module]]":
+    """Group consecutive ``(name, module)`` by the resolution they output, as ResNet's ``layer1`` …
+    ``layer4`` are: a new stage starts where a stride halves the feature map. Everything at stride 2
+    (the stem convolution and whatever follows it before the next downsampling) is ``stem``; the
+    other stages are named after the modules they hold (``blocks.3-4``). So the last stage is
+    everything at the final resolution, on any backbone about the same share of the network."""
+    groups: list[tuple[int, list[tuple[str, nn.Module]]]] = []
+    reduction = 1
+    for name, module in items:
+        reduction *= _max_stride(module)
+        if not groups or groups[-1][0] != reduction:
+            groups.append((reduction, []))
+        groups[-1][1].append((name, module))
+    out: OrderedDict[str, list[nn.Module]] = OrderedDict()
+    for reduction, members in groups:
+        numbered = [n for n, _ in members if n.rsplit(".", 1)[-1].isdigit()]
+        if reduction <= 2:
+            label = "stem"
+        elif not numbered:
+            label = members[0][0]
+        else:
+            first, last = numbered[0], numbered[-1].rsplit(".", 1)[-1]
+            label = first if first == numbered[-1] else f"{first}-{last}"
+        out[label] = [m for _, m in members]
+    return out
+
+
+def _resnet_stages(model: nn.Module) -> "OrderedDict[str, list[nn.Module]]":
+    out: OrderedDict[str, list[nn.Module]] = OrderedDict(stem=[model.conv1, model.bn1])
+    for i in range(1, 5):
+        out[f"layer{i}"] = [getattr(model, f"layer{i}")]
+    out["head"] = [model.fc]
+    return out
+
+
+def _efficientnet_stages(model: nn.Module) -> "OrderedDict[str, list[nn.Module]]":
+    items = [("conv_stem", model.conv_stem), ("bn1", model.bn1)]
+    items += [(f"blocks.{i}", block) for i, block in enumerate(model.blocks)]
+    items += [("conv_head", model.conv_head), ("bn2", model.bn2)]  # pretrained: part of the last stage
+    out = _by_resolution(items)
+    out["head"] = [model.classifier]
+    return out
+
+
+def _mobilenet_v2_stages(model: nn.Module) -> "OrderedDict[str, list[nn.Module]]":
+    out = _by_resolution([(f"features.{i}", layer) for i, layer in enumerate(model.features)])
+    out["head"] = [model.classifier]
+    return out
+
+
+def _bert_stages(model: nn.Module) -> "OrderedDict[str, list[nn.Module]]":
+    base = getattr(model, model.base_model_prefix, model)
+    out: OrderedDict[str, list[nn.Module]] = OrderedDict(embeddings=[base.embeddings])
+    for i, layer in enumerate(base.encoder.layer):
+        out[f"encoder.{i}"] = [layer]
+    head = [m for m in (getattr(base, "pooler", None), getattr(model, "classifier", None)) if m is not None]
+    if head:
+        out["head"] = head
+    return out
+
+
+def _has(*attrs: str) -> Callable[[nn.Module], bool]:
+    return lambda model: all(hasattr(model, a) for a in attrs)
+
+
+#: One entry per architecture family, tried in order; adding a backbone is one entry here.
+STAGE_MAPS: list[StageMap] = [
+    # torchvision and timm ResNets: stem (conv1, bn1), layer1 … layer4, head (fc)
+    StageMap("resnet", _has("conv1", "bn1", "layer1", "layer4", "fc"), _resnet_stages, head="fc"),
+    # timm EfficientNet / -Lite / MobileNetV3-style: stem, the blocks grouped by resolution (the
+    # last group also holds conv_head and bn2), head (the classifier)
+    StageMap("efficientnet", _has("conv_stem", "bn1", "blocks", "conv_head", "bn2", "classifier"),
+             _efficientnet_stages),
+    # torchvision MobileNetV2 (and its other ``features`` + ``classifier`` networks): the features
+    # grouped by resolution, head (classifier)
+    StageMap("mobilenet_v2", lambda m: isinstance(getattr(m, "features", None), nn.Sequential)
+             and hasattr(m, "classifier"), _mobilenet_v2_stages),
+    # Hugging Face BERT-family encoders (bare or with a sequence-classification head):
+    # embeddings, encoder.0 … encoder.N-1, head (pooler and classifier, where present)
+    StageMap("bert", lambda m: hasattr(m, "config") and hasattr(getattr(m, getattr(m, "base_model_prefix", ""), m),
+                                                                "encoder"), _bert_stages),
+]
+
+
+def stage_map(model: nn.Module) -> StageMap | None:
+    """The entry of :data:`STAGE_MAPS` for ``model``'s family, or ``None``."""
+    return next((entry for entry in STAGE_MAPS if entry.matches(model)), None)
+
+
+def _head_attr(model: nn.Module) -> str:
+    """The attribute that holds ``model``'s classifier: its family's, else ``fc`` or ``classifier``."""
+    entry = stage_map(model)
+    if entry is not None:
+        return entry.head
+    return next((a for a in ("fc", "classifier") if hasattr(model, a)), "classifier")
+
+
 def stages(model: nn.Module) -> "OrderedDict[str, list[nn.Module]]":
     """The model's named stages, input to output, for freezing and per-stage learning rates.
 
+    The family's entry in :data:`STAGE_MAPS` cuts it:
+
     * ResNet: ``stem`` (conv1, bn1), ``layer1`` … ``layer4``, ``head`` (fc)
-    * timm EfficientNet: ``stem``, ``blocks.0`` … ``blocks.6``, ``head`` (conv_head, bn2, classifier)
+    * timm EfficientNet(-Lite): ``stem`` (with ``blocks.0``), then the blocks grouped by the
+      resolution they output like ResNet's layers (``blocks.1``, ``blocks.2``, ``blocks.3-4``,
+      ``blocks.5-6`` with the pretrained ``conv_head`` and ``bn2``), ``head`` (the classifier only)
+    * torchvision MobileNetV2: ``stem``, ``features.2-3``, ``features.4-6``, ``features.7-13``,
+      ``features.14-18``, ``head`` (classifier)
     * BERT-family (transformers): ``embeddings``, ``encoder.0`` … ``encoder.N-1``, ``head``
       (pooler and classifier, where present)
+
+    So "the last stage and the head" is about the same share of every image backbone (three
+    quarters of ResNet-18, EfficientNet-Lite0 and MobileNetV2; ``tests/test_models.py`` checks it),
+    and only the new classifier trains at the head's learning rate.
     """
-    out: OrderedDict[str, list[nn.Module]] = OrderedDict()
-    if all(hasattr(model, a) for a in ("conv1", "layer1", "layer4", "fc")):
-        out["stem"] = [model.conv1, model.bn1]
-        for i in range(1, 5):
-            out[f"layer{i}"] = [getattr(model, f"layer{i}")]
-        out["head"] = [model.fc]
-    elif all(hasattr(model, a) for a in ("conv_stem", "blocks", "conv_head", "classifier")):
-        out["stem"] = [model.conv_stem, model.bn1]
-        for i, block in enumerate(model.blocks):
-            out[f"blocks.{i}"] = [block]
-        out["head"] = [model.conv_head, model.bn2, model.classifier]
-    elif hasattr(model, "config") and hasattr(getattr(model, model.base_model_prefix, model), "encoder"):
-        # Hugging Face BERT-family encoders (bare or with a sequence-classification head).
-        base = getattr(model, model.base_model_prefix, model)
-        out["embeddings"] = [base.embeddings]
-        for i, layer in enumerate(base.encoder.layer):
-            out[f"encoder.{i}"] = [layer]
-        head = [m for m in (getattr(base, "pooler", None), getattr(model, "classifier", None)) if m is not None]
-        if head:
-            out["head"] = head
-    else:
-        raise ConfigError(f"no stage map for {type(model).__name__}; add one to transfer_utils.models.stages")
-    return out
+    entry = stage_map(model)
+    if entry is not None:
+        return entry.split(model)
+    raise ConfigError(f"no stage map for {type(model).__name__}; add a StageMap for its family to "
+                      "transfer_utils.models.STAGE_MAPS")
 
 
 def _params(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
@@ -517,6 +622,29 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def offline_hub(offline: bool) -> Iterator[None]:
+    """Within the block, an offline ``from_pretrained`` makes no request at all.
+
+    ``local_files_only=True`` alone is not enough: transformers 5.x looks for a PEFT
+    ``adapter_config.json`` on the hub without passing it that flag, and offline each load then
+    waits ~25 s for the retries. (Passing it through ``adapter_kwargs`` instead breaks transformers
+    4.x, which passes the flag itself.) Switching ``huggingface_hub`` to offline mode for the call
+    works on every version; the previous setting is restored afterwards.
+    """
+    if not offline:
+        yield
+        return
+    import huggingface_hub.constants as hub
+
+    previous = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = previous
+
+
 def create_text_encoder(name: str, *, offline: bool = False) -> tuple[Any, nn.Module, str]:
     """Return ``(tokenizer, encoder, name_used)`` for a registered Hugging Face encoder.
 
@@ -530,8 +658,9 @@ def create_text_encoder(name: str, *, offline: bool = False) -> tuple[Any, nn.Mo
 
     used = resolve_model(name, ("transformers",), offline=offline, kind="text encoder")
     canonical = assets.MODELS[used].canonical
-    tokenizer = AutoTokenizer.from_pretrained(canonical, local_files_only=offline)
-    encoder = AutoModel.from_pretrained(canonical, local_files_only=offline)
+    with offline_hub(offline):
+        tokenizer = AutoTokenizer.from_pretrained(canonical, local_files_only=offline)
+        encoder = AutoModel.from_pretrained(canonical, local_files_only=offline)
     return tokenizer, encoder, used
 
 
@@ -544,7 +673,8 @@ def create_text_classifier(name: str, num_labels: int, *, offline: bool = False)
         raise ConfigError(f"a classifier needs num_labels >= 2, got {num_labels}")
     used = resolve_model(name, ("transformers",), offline=offline, kind="text encoder")
     canonical = assets.MODELS[used].canonical
-    tokenizer = AutoTokenizer.from_pretrained(canonical, local_files_only=offline)
-    model = AutoModelForSequenceClassification.from_pretrained(canonical, num_labels=num_labels,
-                                                               local_files_only=offline)
+    with offline_hub(offline):
+        tokenizer = AutoTokenizer.from_pretrained(canonical, local_files_only=offline)
+        model = AutoModelForSequenceClassification.from_pretrained(canonical, num_labels=num_labels,
+                                                                   local_files_only=offline)
     return tokenizer, model, used

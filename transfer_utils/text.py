@@ -7,7 +7,9 @@
   (:func:`~transfer_utils.recipes.finetune`) and for the Hugging Face ``Trainer`` alike.
 * :func:`pooled_embeddings`: the ``[CLS]`` vector and the mean of the token vectors, from one pass.
 * :func:`save_text_classifier` / :func:`load_text_classifier` / :func:`predict_texts`: ship a
-  fine-tuned model (safetensors only) and classify new texts, with clear errors for bad input.
+  fine-tuned model in the book's one shipping format (:mod:`~transfer_utils.manifest`:
+  safetensors, tokenizer, ``manifest.json`` of kind ``"text-classifier"``) and classify new
+  texts, with clear errors for bad input.
 
 Example::
 
@@ -19,9 +21,6 @@ Example::
 
 from __future__ import annotations
 
-import json
-import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,10 +33,20 @@ from torch.utils.data import Dataset
 from .batches import to_device
 from .data import as_labels, ensure_text
 from .errors import ConfigError, DamagedFileError, DataError
+from .manifest import (
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    Manifest,
+    check_temperature,
+    read_manifest,
+    write_classifier_folder,
+)
 
 #: Which word pieces to keep when a text is longer than ``max_length``.
 TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
-META_FILE = "text_classifier.json"
+#: The settings file of a shipped text classifier: the one manifest of every shipped classifier.
+META_FILE = MANIFEST_FILE
+KIND = "text-classifier"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,7 +233,8 @@ def pooled_embeddings(tokenizer: Any, encoder: nn.Module, texts: Sequence[str | 
 
 @dataclass
 class TextClassifier:
-    """A fine-tuned model with everything needed to use it: tokenizer, labels, max length."""
+    """A fine-tuned model with everything needed to use it: tokenizer, labels, max length, and the
+    temperature that divides the logits before the softmax (1.0: the probabilities as trained)."""
 
     model: nn.Module
     tokenizer: Any
@@ -233,6 +243,7 @@ class TextClassifier:
     truncation: str
     base_model: str
     device: torch.device
+    temperature: float = 1.0
 
 
 @dataclass
@@ -254,13 +265,16 @@ class TextPrediction:
 
 def save_text_classifier(directory: str | Path, model: nn.Module, tokenizer: Any, *,
                          label_names: Sequence[str], max_length: int, truncation: str = "head",
-                         base_model: str = "") -> Path:
-    """Save weights (``model.safetensors``), tokenizer and a small JSON of settings to ``directory``.
+                         base_model: str = "", temperature: float = 1.0) -> Path:
+    """Save weights (``model.safetensors``), tokenizer and ``manifest.json`` (kind
+    ``"text-classifier"``: label names, ``max_length``, truncation strategy, temperature) to ``directory``.
 
-    Atomic: everything is written to a temporary folder next to ``directory``, which then takes
-    its place, so a failed or interrupted save leaves a previous save there intact (and no
-    half-written folder). ``directory`` must be new, empty, or an earlier save (which is
-    replaced); a folder holding any other file is refused rather than overwritten.
+    Atomic (:func:`~transfer_utils.manifest.write_classifier_folder`): everything is written to a
+    temporary folder next to ``directory``, which then takes its place, so a failed or
+    interrupted save leaves a previous save there intact (and no half-written folder).
+    ``directory`` must be new, empty, or an earlier save (which is replaced); a folder holding
+    any other file is refused rather than overwritten. ``temperature`` (from
+    :func:`~transfer_utils.evaluate.fit_temperature`) is applied by :func:`predict_texts`.
     Reload with :func:`load_text_classifier`, in any process, without this notebook.
     """
     if truncation not in TRUNCATION_STRATEGIES:
@@ -268,60 +282,35 @@ def save_text_classifier(directory: str | Path, model: nn.Module, tokenizer: Any
     n_out = model.config.num_labels
     if len(label_names) != n_out:
         raise ConfigError(f"{len(label_names)} label names for a model with {n_out} outputs")
-    directory = Path(directory)
-    if directory.exists() and (not directory.is_dir()
-                               or (any(directory.iterdir()) and not (directory / META_FILE).is_file())):
-        raise ConfigError(f"{directory} exists and is not an earlier save_text_classifier() folder; "
-                          "save into a new or empty folder so that nothing in it is lost")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = directory.with_name(f".{directory.name}.{uuid.uuid4().hex[:12]}.part")
-    staging.mkdir()  # the umask's permissions, like any folder (mkdtemp's would be private)
-    try:
+    manifest = Manifest(kind=KIND, class_names=tuple(label_names), architecture=base_model,
+                        preprocessing={"max_length": int(max_length), "truncation": truncation},
+                        temperature=check_temperature(temperature))
+
+    def write(folder: Path) -> None:
         model.config.id2label = dict(enumerate(label_names))
         model.config.label2id = {name: i for i, name in enumerate(label_names)}
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        meta = {"label_names": list(label_names), "max_length": int(max_length), "truncation": truncation,
-                "base_model": base_model, "format": 1}
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2))
-        if directory.exists():
-            extra = sorted({f.name for f in directory.iterdir()} - {f.name for f in staging.iterdir()})
-            if extra:
-                raise ConfigError(f"{directory} also holds {extra[:5]}, which this save would not rewrite: "
-                                  "move them elsewhere or save into a new folder, so that nothing is lost")
-            retired = staging.with_suffix(".old")
-            directory.rename(retired)
-            staging.rename(directory)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(directory)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return directory
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    return write_classifier_folder(directory, manifest, write)
 
 
 def load_text_classifier(directory: str | Path, device: torch.device | str = "cpu") -> TextClassifier:
     """Load what :func:`save_text_classifier` wrote. Only safetensors weights are read (a pickled
-    ``pytorch_model.bin`` can run code when loaded, so it is refused)."""
+    ``pytorch_model.bin`` can run code when loaded, so it is refused). A folder that is not a
+    saved text classifier, or is damaged, raises :class:`DamagedFileError` naming the file."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     directory = Path(directory)
+    manifest = read_manifest(directory, KIND)
     meta_path = directory / META_FILE
-    if not meta_path.is_file():
-        raise DataError(f"{directory} has no {META_FILE}: it was not written by save_text_classifier(). "
-                        "Save the model with save_text_classifier(directory, model, tokenizer, ...) first.")
-    if not (directory / "model.safetensors").is_file():
-        raise DataError(f"{directory} has no model.safetensors; refusing to unpickle other weight files. "
-                        "Re-save the model with save_text_classifier() (it writes safetensors).")
     again = "Copy the folder again, or save the model again with save_text_classifier()."
+    label_names = manifest.class_names
     try:
-        meta = json.loads(meta_path.read_text())
-        label_names, max_length = tuple(meta["label_names"]), int(meta["max_length"])
-        truncation = meta["truncation"]
+        max_length, truncation = int(manifest.preprocessing["max_length"]), manifest.preprocessing["truncation"]
         if truncation not in TRUNCATION_STRATEGIES:
             raise ValueError(f"truncation {truncation!r} is not one of {TRUNCATION_STRATEGIES}")
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+    except (TypeError, ValueError) as err:
         raise DamagedFileError(f"{meta_path} is damaged ({type(err).__name__}: {err}). {again}", meta_path) from None
     from safetensors import SafetensorError
 
@@ -330,7 +319,7 @@ def load_text_classifier(directory: str | Path, device: torch.device | str = "cp
             directory, local_files_only=True, use_safetensors=True, output_loading_info=True,
             ignore_mismatched_sizes=True)  # reported in ``loading`` and refused below, with names
     except SafetensorError as err:
-        weights = directory / "model.safetensors"
+        weights = directory / WEIGHTS_FILE
         raise DamagedFileError(f"{weights} is damaged ({err}): it was cut short or overwritten. {again}",
                                weights) from None
     except (OSError, ValueError) as err:  # e.g. config.json is not valid JSON
@@ -340,22 +329,22 @@ def load_text_classifier(directory: str | Path, device: torch.device | str = "cp
         f"{m[0]} is {tuple(m[1])} in the file, {tuple(m[2])} in config.json" if isinstance(m, tuple) else str(m)
         for m in sorted(loading["mismatched_keys"])]
     if missing:  # transformers would start these weights from random values and only log it
-        raise DamagedFileError(f"{directory / 'model.safetensors'} lacks {len(missing)} of the tensors config.json "
+        raise DamagedFileError(f"{directory / WEIGHTS_FILE} lacks {len(missing)} of the tensors config.json "
                                f"describes, or holds them in another shape ({'; '.join(missing[:4])}). "
-                               f"{again}", directory / "model.safetensors")
+                               f"{again}", directory / WEIGHTS_FILE)
     if len(label_names) != model.config.num_labels:
         raise DamagedFileError(f"{meta_path} names {len(label_names)} labels but the model has "
                                f"{model.config.num_labels} outputs: the files come from different saves. {again}",
                                meta_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-    except (OSError, ValueError) as err:  # e.g. tokenizer.json is not valid JSON
+    except Exception as err:  # noqa: BLE001 - tokenizer.json cut short: tokenizers raises a bare Exception (transformers 4.x)
         raise DamagedFileError(f"the tokenizer files in {directory} are damaged ({type(err).__name__}: "
                                f"{str(err).splitlines()[0]}). {again}", directory) from None
     device = torch.device(device)
     return TextClassifier(model=model.eval().to(device), tokenizer=tokenizer, label_names=label_names,
-                          max_length=max_length, truncation=truncation, base_model=meta.get("base_model", ""),
-                          device=device)
+                          max_length=max_length, truncation=truncation, base_model=manifest.architecture,
+                          device=device, temperature=manifest.temperature)
 
 
 @torch.no_grad()
@@ -368,7 +357,8 @@ def predict_texts(classifier: TextClassifier, texts: Sequence[str | bytes], *,
     * bytes must be UTF-8 (the error says which text and byte is not);
     * empty or whitespace-only texts are refused with their positions: there is nothing to
       classify, and a confident-looking answer for them would be noise;
-    * long texts are truncated with the strategy the model was trained with (``truncated=True``).
+    * long texts are truncated with the strategy the model was trained with (``truncated=True``);
+    * probabilities are ``softmax(logits / classifier.temperature)`` (the label never changes with it).
     """
     if isinstance(texts, (str, bytes)):
         raise DataError("predict_texts() takes a list of texts; wrap a single text as [text]")
@@ -378,6 +368,7 @@ def predict_texts(classifier: TextClassifier, texts: Sequence[str | bytes], *,
         raise DataError(f"text(s) at position(s) {empty[:10]} are empty or whitespace only; "
                         "drop them first, e.g. texts = [t for t in texts if t.strip()]")
     tok, model = classifier.tokenizer, classifier.model
+    temperature = check_temperature(classifier.temperature)
     model.eval()
     pieces = word_pieces(tok, clean)
     budget = classifier.max_length - 2
@@ -388,7 +379,7 @@ def predict_texts(classifier: TextClassifier, texts: Sequence[str | bytes], *,
         batch = batch_from_pieces(tok, [pieces[i] for i in idx], max_length=classifier.max_length,
                                   truncation=classifier.truncation)
         logits = model(**to_device(batch, classifier.device)).logits
-        probs[idx] = logits.float().softmax(-1).cpu()
+        probs[idx] = (logits.float() / temperature).softmax(-1).cpu()
     out = []
     for i, p in enumerate(probs):
         k = int(p.argmax())

@@ -1,7 +1,8 @@
 """``fit``: one training loop for every chapter, with checkpoints a Colab disconnect can't break.
 
-Each epoch ends with a checkpoint in safetensors (``last.safetensors``: model, optimizer,
-scheduler, history; ``best.safetensors``: the best model by validation accuracy). Calling
+Each epoch ends with a checkpoint (``last.safetensors``: the model, in safetensors, with
+``last.state.pt`` beside it: optimizer, scheduler, history, read with
+``torch.load(weights_only=True)``; ``best.safetensors``: the best model by validation accuracy). Calling
 ``fit`` again with the same ``checkpoint_dir`` resumes after the last finished epoch, and on the
 CPU an interrupted-then-resumed run ends with exactly the weights of an uninterrupted one: the
 random state of epoch ``e`` is derived from ``seed + e``, not carried over from earlier epochs.
@@ -16,7 +17,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +36,7 @@ from .batches import (  # re-exported: train.to_device, train.forward_logits
 )
 from .data import check_labels
 from .errors import ConfigError, DamagedFileError, NonFiniteLossError
+from .fileio import atomic_path
 from .models import frozen_batchnorm_eval
 
 
@@ -81,64 +82,38 @@ class History:
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints (safetensors only: loading one never unpickles anything)
+# Checkpoints: the weights in safetensors, the training state beside them in a file that
+# torch.load(weights_only=True) reads (tensors, numbers, strings, lists, dicts: never arbitrary
+# objects, so loading one never runs code)
 # ----------------------------------------------------------------------------------------------
 
 
-def _split_state(state: dict[str, Any], prefix: str) -> tuple[dict[str, torch.Tensor], Any]:
-    """Separate tensors (for safetensors) from everything else (for JSON metadata)."""
-    tensors: dict[str, torch.Tensor] = {}
-
-    def walk(obj: Any, path: str) -> Any:
-        if isinstance(obj, torch.Tensor):
-            tensors[path] = obj.detach().cpu().contiguous()
-            return {"__tensor__": path}
-        if isinstance(obj, dict):
-            return {"__dict__": [[walk(k, f"{path}.k{i}"), walk(v, f"{path}.{i}")] for i, (k, v) in enumerate(obj.items())]}
-        if isinstance(obj, (list, tuple)):
-            return {"__list__" if isinstance(obj, list) else "__tuple__": [walk(v, f"{path}.{i}") for i, v in enumerate(obj)]}
-        if obj is None or isinstance(obj, (bool, int, float, str)):
-            return obj
-        raise ConfigError(f"cannot checkpoint a {type(obj).__name__} in the {prefix} state")
-
-    return tensors, walk(state, prefix)
-
-
-def _join_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(skeleton, dict):
-        if "__tensor__" in skeleton:
-            return tensors[skeleton["__tensor__"]]
-        if "__dict__" in skeleton:
-            return {_join_state(k, tensors): _join_state(v, tensors) for k, v in skeleton["__dict__"]}
-        if "__list__" in skeleton:
-            return [_join_state(v, tensors) for v in skeleton["__list__"]]
-        if "__tuple__" in skeleton:
-            return tuple(_join_state(v, tensors) for v in skeleton["__tuple__"])
-    return skeleton
+def state_file(path: str | Path) -> Path:
+    """Where :func:`save_checkpoint` keeps the training state of the checkpoint ``path``:
+    ``last.safetensors`` -> ``last.state.pt``."""
+    path = Path(path)
+    return path.with_name(path.stem + ".state.pt")
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, **states: Any) -> Path:
-    """Save ``model``'s weights and any extra state dicts (optimizer, scheduler, …) atomically.
+    """Save ``model``'s weights to ``path`` (safetensors) and any extra state dicts (optimizer,
+    scheduler, history, …) to :func:`state_file` (``torch.save``), each atomically.
 
-    Tensors go into the safetensors body, the rest into its JSON metadata.
+    Both files carry the same random tag, so a reader can tell a pair written together from the
+    weights of one epoch beside the state of another (a crash between the two writes).
     """
+    import uuid
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata: dict[str, str] = {}
-    for name, state in states.items():
-        if isinstance(state, str):
-            metadata[name] = state
-            continue
-        extra, skeleton = _split_state(state, name)
-        tensors.update(extra)
-        metadata[name] = json.dumps(skeleton)
-    part = path.with_name(path.name + ".part")
-    try:
-        save_file(tensors, part, metadata=metadata)
-        part.replace(path)  # atomic: ``path`` is the old file or the new one, never half of either
-    finally:
-        part.unlink(missing_ok=True)
+    if states:
+        with atomic_path(state_file(path)) as part:
+            torch.save({"tag": tag, "states": states}, part)
+    else:
+        state_file(path).unlink(missing_ok=True)  # weights only: no stale state beside them
+    with atomic_path(path) as part:  # ``path`` is the old file or the new one, never half of either
+        save_file(tensors, part, metadata={"state": tag} if states else {})
     return path
 
 
@@ -163,8 +138,8 @@ def _state_mismatch(weights: Mapping[str, torch.Tensor], model: nn.Module) -> st
 def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint`; restore ``model`` in place if given.
 
-    Returns the extra states (decoded) by name; ``"model"`` holds the raw weights. A file that is
-    cut short or corrupt raises :class:`~transfer_utils.errors.DamagedFileError` naming it; weights
+    Returns the extra states by name; ``"model"`` holds the raw weights. A file that is
+    cut short or corrupt (the weights or the training state beside them) raises :class:`~transfer_utils.errors.DamagedFileError` naming it; weights
     of another architecture raise :class:`~transfer_utils.errors.ConfigError` saying what differs.
     """
     path = Path(path)
@@ -175,7 +150,10 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[st
 
 
 def _read_checkpoint(path: Path, remedy: str) -> dict[str, Any]:
-    """Every state in the checkpoint ``path``, decoded; ``remedy`` ends the message of a damaged file."""
+    """The weights and every state of the checkpoint ``path``; ``remedy`` ends the message of a
+    damaged file."""
+    import pickle
+
     from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
@@ -189,17 +167,22 @@ def _read_checkpoint(path: Path, remedy: str) -> dict[str, Any]:
         raise DamagedFileError(f"the checkpoint {path} is damaged ({err}): it was cut short (a full disk, an "
                                f"interrupted copy or sync) or overwritten. {remedy}", path) from None
     out: dict[str, Any] = {"model": {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}}
-    for name, text in metadata.items():
-        try:
-            skeleton = json.loads(text)
-        except json.JSONDecodeError:
-            out[name] = text  # a plain string state, saved as it was
-            continue
-        try:
-            out[name] = _join_state(skeleton, tensors)
-        except (KeyError, TypeError, ValueError) as err:
-            raise DamagedFileError(f"the checkpoint {path} is damaged: its {name!r} state refers to a tensor "
-                                   f"it does not hold ({err}). {remedy}", path) from None
+    if "state" not in metadata:
+        return out  # weights only (best.safetensors)
+    states = state_file(path)
+    try:
+        saved = torch.load(states, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DamagedFileError(f"the checkpoint {path} is incomplete: its training state {states.name} is "
+                               f"missing (copied without it?). {remedy}", states) from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        raise DamagedFileError(f"the training state {states} of the checkpoint {path} is damaged or holds "
+                               f"something other than tensors, numbers and strings ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0] if str(err) else ''}). {remedy}", states) from None
+    if not isinstance(saved, dict) or saved.get("tag") != metadata["state"] or not isinstance(saved.get("states"), dict):
+        raise DamagedFileError(f"the checkpoint {path} and its training state {states.name} were not written "
+                               f"together (one is from another epoch or run). {remedy}", states)
+    out.update(saved["states"])
     return out
 
 

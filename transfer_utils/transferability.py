@@ -45,7 +45,12 @@ class Evidence:
 
 
 def _as_matrix(features: torch.Tensor | np.ndarray) -> np.ndarray:
-    f = features.detach().cpu().double().numpy() if isinstance(features, torch.Tensor) else np.asarray(features, float)
+    try:
+        f = (features.detach().cpu().double().numpy() if isinstance(features, torch.Tensor)
+             else np.asarray(features, float))
+    except (TypeError, ValueError):
+        raise DataError(f"features must be a 2-D [N, D] array of numbers (e.g. feats.x from extract_features), "
+                        f"got {type(features).__name__}") from None
     if f.ndim != 2 or f.shape[0] < 2 or f.shape[1] < 1:
         raise DataError(f"features must be a 2-D [N, D] array with N >= 2, got shape {tuple(f.shape)}")
     if not np.isfinite(f).all():

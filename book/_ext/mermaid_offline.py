@@ -3,13 +3,15 @@ the book ships itself — no CDN, so they also render offline and from ``file://
 
 A ```` ```{mermaid} ```` block becomes ``<pre class="mermaid">`` with the diagram's source (readable
 as text where JavaScript is off); pages that have one load ``_static/mermaid.min.js`` (the
-non-module bundle, registered with its checksum in ``transfer_utils.assets.WEB_ASSETS``).
+non-module bundle, registered with its checksum in ``tools.web_assets.WEB_ASSETS``, the book's
+tooling, which the stage holds beside ``book/``).
 """
 
 from __future__ import annotations
 
 import html
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,10 @@ def _page_scripts(app: Any, pagename: str, templatename: str, context: dict[str,
 
 def _ship_js(app: Any, exception: Exception | None) -> None:
     if exception is None and app.builder.format == "html":
-        from transfer_utils.assets import fetch_web_asset
+        root = str(Path(__file__).resolve().parents[2])  # the repository, or the stage that copies tools/
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        from tools.web_assets import fetch_web_asset
 
         static = Path(app.outdir) / "_static"
         static.mkdir(parents=True, exist_ok=True)

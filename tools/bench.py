@@ -1,17 +1,19 @@
 """Benchmarks: what each chapter costs and measures on the machine it runs on.
 
-``make bench`` executes every chapter at CI and at full scale (``python -m transfer_utils.book
+``make bench`` executes every chapter at CI and at full scale (``python -m tools.book
 execute``), then
 
-* ``python -m transfer_utils.bench collect --label NAME`` reads the executed notebooks under
+* ``python -m tools.bench collect --label NAME`` reads the executed notebooks under
   ``_build/executed/<scale>/`` and writes ``bench/results/NAME.json``: the machine, each chapter's
   execution time per scale, the backbone it really used, and its headline numbers (the values
   the chapter glues into its prose);
-* ``python -m transfer_utils.bench precision --label NAME`` (on a CUDA GPU) fine-tunes chapter 6's text
+* ``python -m tools.bench precision --label NAME`` (on a CUDA GPU) fine-tunes chapter 6's text
   model and chapter 5's image backbone with and without bfloat16 mixed precision, times a
   BERT-base-sized training step both ways, and adds the results to ``bench/results/NAME.json``;
-* ``python -m transfer_utils.bench render`` rewrites the tables of ``book/benchmarks.md`` from
-  every results file, so the appendix shows measurements, never numbers typed by hand.
+* ``python -m tools.bench render`` rewrites the tables of ``book/benchmarks.md``, the time in each
+  chapter's header (between ``<!-- bench:time -->`` markers) and the time column of
+  ``book/instructors.md`` from every results file, so that the appendix, the headers and the
+  guide show the same measurements, never numbers typed by hand.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from transfer_utils.errors import ConfigError
+from transfer_utils.fileio import atomic_write_json, atomic_write_text
 
 #: The numbers each chapter is about: glued name -> what it measures.
 HEADLINES: dict[str, dict[str, str]] = {
@@ -85,7 +88,7 @@ HEADLINES: dict[str, dict[str, str]] = {
         "frozen_acc": "Rotten Tomatoes subset, frozen encoder + head",
         "lora_acc": "Rotten Tomatoes subset, LoRA r=8 on query and value (peft)",
         "hand_acc": "Rotten Tomatoes subset, LoRA r=8 built by hand",
-        "prompt_acc": "Rotten Tomatoes subset, prompt tuning (20 tokens)",
+        "adapter_acc": "Rotten Tomatoes subset, bottleneck adapters (Houlsby)",
         "lora_share": "LoRA r=8: share of parameters trained",
     },
 }
@@ -128,7 +131,7 @@ def collect(label: str, executed: Path | None = None, out_dir: Path | None = Non
     """Write ``<out_dir>/<label>.json`` from the executed notebooks of every scale present."""
     import nbformat
 
-    from .report import read_glued
+    from transfer_utils.report import read_glued
 
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
         raise ConfigError(f"label {label!r}: use letters, digits, '.', '_' or '-' (it becomes a file name)")
@@ -151,18 +154,16 @@ def collect(label: str, executed: Path | None = None, out_dir: Path | None = Non
             entry["seconds"][scale] = round(float(timings[name]), 1) if name in timings else None
             entry["backbone"][scale] = backbone.group(1) if backbone else None
             entry["values"][scale] = {k: float(glued[k]) for k in headlines if k in glued}
+            entry["source_sha256"] = chapter_digest(_repo() / "notebooks" / name)
     if not chapters:
-        raise ConfigError(f"no executed chapters under {executed}: run `python -m transfer_utils.book execute "
+        raise ConfigError(f"no executed chapters under {executed}: run `python -m tools.book execute "
                           "--scale ci` (and --scale full) first, or `make bench`")
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{label}.json"
-    part = target.with_suffix(".part")
     results = {"label": label, "machine": machine(), "chapters": chapters}
     if target.is_file():  # keep what `precision` measured on this machine
         results.update({k: v for k, v in json.loads(target.read_text()).items() if k == "precision"})
-    part.write_text(json.dumps(results, indent=2) + "\n")
-    part.replace(target)
-    return target
+    return atomic_write_json(target, results)
 
 
 def mixed_precision(label: str, out_dir: Path | None = None, seed: int = 0) -> Path:
@@ -178,10 +179,11 @@ def mixed_precision(label: str, out_dir: Path | None = None, seed: int = 0) -> P
     import time
 
     import torch
+    from torch.utils import benchmark
     from torch.utils.data import DataLoader
     from transformers import AutoModelForSequenceClassification, BertConfig
 
-    from . import assets, config, data, evaluate, models, recipes, text
+    from transfer_utils import assets, config, data, evaluate, models, recipes, text
 
     if not torch.cuda.is_available():
         raise ConfigError("mixed precision is measured on a CUDA GPU and this machine has none: run this on a GPU")
@@ -242,11 +244,10 @@ def mixed_precision(label: str, out_dir: Path | None = None, seed: int = 0) -> P
             loss.backward()
             opt.step()
 
-        for _ in range(3):
-            step()
-        _, seconds = timed(lambda: [step() for _ in range(20)])
+        # torch.utils.benchmark warms up, synchronises CUDA around the timed runs and reports per run
+        seconds = benchmark.Timer(stmt="step()", globals={"step": step}).timeit(20).mean
         rows.append({"task": f"BERT-base-sized training step (batch {size} x {length})", "model": "bert-base size, random",
-                     "amp": amp, "seconds": round(seconds / 20, 4), "accuracy": None})
+                     "amp": amp, "seconds": round(seconds, 4), "accuracy": None})
         del model, opt
 
     # Chapter 5: image fine-tuning on Flowers-17.
@@ -275,10 +276,7 @@ def mixed_precision(label: str, out_dir: Path | None = None, seed: int = 0) -> P
     results = json.loads(target.read_text()) if target.is_file() else {"label": label, "chapters": {}}
     results["machine"] = machine()
     results["precision"] = rows
-    part = target.with_suffix(".part")
-    part.write_text(json.dumps(results, indent=2) + "\n")
-    part.replace(target)
-    return target
+    return atomic_write_json(target, results)
 
 
 def _fmt(value: float | None, percent: bool) -> str:
@@ -326,7 +324,7 @@ def render(results_dir: Path | None = None, page: Path | None = None) -> Path:
     page = page or _repo() / "book" / "benchmarks.md"
     files = sorted(results_dir.glob("*.json"))
     if not files:
-        raise ConfigError(f"no results in {results_dir}: run `python -m transfer_utils.bench collect --label NAME`")
+        raise ConfigError(f"no results in {results_dir}: run `python -m tools.bench collect --label NAME`")
     text = page.read_text()
     if START not in text or END not in text:
         raise ConfigError(f"{page} lacks the markers {START} and {END}")
@@ -337,15 +335,115 @@ def render(results_dir: Path | None = None, page: Path | None = None) -> Path:
     return page
 
 
+# ---- chapter times: one source (the results files) for the chapter headers and the instructors' guide
+TIME_START, TIME_END = "<!-- bench:time -->", "<!-- /bench:time -->"
+TIME_ROW = re.compile(r"^(\| \{doc\}`\.\./notebooks/(?P<stem>[^`]+)` \|(?:[^|]*\|){2})(?P<time>[^|]*)(\|.*)$", re.M)
+
+
+def _minutes(seconds: float | None) -> str:
+    """``"about 8½ min"`` / ``"under a minute"`` / ``"not measured"`` for a duration in seconds."""
+    if seconds is None:
+        return "not measured"
+    if seconds < 60:
+        return "under a minute"
+    halves = round(seconds / 30)
+    whole, half = divmod(halves, 2)
+    return f"about {whole}{'½' if half else ''} min"
+
+
+def _cpu_and_gpu(results: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    cpu = next((r for r in sorted(results, key=lambda r: r["label"]) if not r["machine"].get("gpu")), None)
+    gpu = next((r for r in sorted(results, key=lambda r: r["label"]) if r["machine"].get("gpu")), None)
+    return cpu, gpu
+
+
+def chapter_digest(path: Path) -> str | None:
+    """sha256 of a chapter's cell sources (not its outputs): which version of it a measurement timed."""
+    import hashlib
+
+    import nbformat
+
+    if not path.is_file():
+        return None
+    nb = nbformat.read(path, as_version=4)
+    return hashlib.sha256("\n".join(c.source for c in nb.cells[1:]).encode()).hexdigest()  # the header holds the time
+
+
+def _which_version(entry: dict[str, Any], notebook: Path | None) -> str:
+    """How the measured chapter relates to today's: the same, an earlier version, or unknown."""
+    recorded = entry.get("source_sha256")
+    if recorded is None or notebook is None:
+        return "when last benchmarked"
+    return "measured on this version" if recorded == chapter_digest(notebook) else "measured on an earlier version of this chapter"
+
+
+def time_phrase(results: list[dict[str, Any]], chapter: str, notebook: Path | None = None) -> str:
+    """The generated "Time" sentence of ``chapter``'s header, from the results files."""
+    cpu, gpu = _cpu_and_gpu(results)
+    parts = []
+    if cpu is not None and chapter in cpu["chapters"]:
+        sec = cpu["chapters"][chapter]["seconds"]
+        m = cpu["machine"]
+        parts.append(f"{_minutes(sec.get('full'))} at full scale and {_minutes(sec.get('ci'))} at CI scale on "
+                     f"{m['cpu_count']} CPU cores ({_which_version(cpu['chapters'][chapter], notebook)}: "
+                     f"`bench/results/{cpu['label']}.json`)")
+    else:
+        parts.append("not yet measured on a CPU (run `make bench`)")
+    if gpu is not None and chapter in gpu["chapters"]:
+        sec = gpu["chapters"][chapter]["seconds"]
+        parts.append(f"{_minutes(sec.get('full'))} at full scale on one {gpu['machine']['gpu']} "
+                     f"({_which_version(gpu['chapters'][chapter], notebook)}: `bench/results/{gpu['label']}.json`)")
+    return "; ".join(parts) + "."
+
+
+def instructor_time(results: list[dict[str, Any]], chapter: str) -> str:
+    cpu, _ = _cpu_and_gpu(results)
+    if cpu is None or chapter not in cpu["chapters"]:
+        return "not yet measured"
+    return _minutes(cpu["chapters"][chapter]["seconds"].get("full"))
+
+
+def render_times(results_dir: Path | None = None, notebooks: Path | None = None,
+                 guide: Path | None = None) -> list[Path]:
+    """Rewrite each chapter header's time (between the ``bench:time`` markers) and the time column
+    of the instructors' guide from the results files; return the files that changed."""
+    import nbformat
+
+    results_dir = results_dir or _repo() / "bench" / "results"
+    notebooks = notebooks or _repo() / "notebooks"
+    guide = guide or _repo() / "book" / "instructors.md"
+    results = [json.loads(f.read_text()) for f in sorted(results_dir.glob("*.json"))]
+    changed = []
+    for path in sorted(notebooks.glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        head = nb.cells[0].source
+        if TIME_START not in head or TIME_END not in head:
+            raise ConfigError(f"{path.name}'s first cell lacks the markers {TIME_START} … {TIME_END} after **Time**:")
+        before, rest = head.split(TIME_START, 1)
+        _, after = rest.split(TIME_END, 1)
+        new = f"{before}{TIME_START}{time_phrase(results, path.name, path)}{TIME_END}{after}"
+        if new != head:
+            nb.cells[0].source = new
+            atomic_write_text(path, nbformat.writes(nb) + "\n")
+            changed.append(path)
+    text = guide.read_text()
+    new_text = TIME_ROW.sub(lambda m: f"{m.group(1)} {instructor_time(results, m.group('stem') + '.ipynb')} {m.group(4)}", text)
+    if new_text != text:
+        atomic_write_text(guide, new_text)
+        changed.append(guide)
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m transfer_utils.bench {collect,render}``."""
-    parser = argparse.ArgumentParser(prog="python -m transfer_utils.bench", description=__doc__.split("\n")[0])
+    """Command line: ``python -m tools.bench {collect,render}``."""
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_collect = sub.add_parser("collect", help="write bench/results/LABEL.json from the executed chapters")
     p_collect.add_argument("--label", required=True, help="a name for this machine, e.g. cpu-2core")
     p_prec = sub.add_parser("precision", help="(CUDA) fine-tune with and without mixed precision")
     p_prec.add_argument("--label", required=True, help="the results file to add to, e.g. h100")
-    sub.add_parser("render", help="rewrite the tables of book/benchmarks.md")
+    sub.add_parser("render", help="rewrite the tables of book/benchmarks.md, the chapter headers' times and "
+                                  "the instructors' guide's time column")
     args = parser.parse_args(argv)
     if args.cmd == "collect":
         print(f"[bench] wrote {collect(args.label)}")
@@ -353,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] wrote {mixed_precision(args.label)}")
     else:
         print(f"[bench] wrote {render()}")
+        for path in render_times():
+            print(f"[bench] wrote {path}")
     return 0
 
 

@@ -8,11 +8,11 @@ including a failed cell, is an error).
 
 Command line::
 
-    python -m transfer_utils.book execute --scale ci     # notebooks only
-    python -m transfer_utils.book build --scale ci       # stage + jupyter-book build -W
-    python -m transfer_utils.book all --scale full       # both (what `make book` runs)
-    python -m transfer_utils.book build --edition student   # the same book, solutions hidden
-    python -m transfer_utils.book print --scale full     # one-page HTML + PDF (`make pdf`)
+    python -m tools.book execute --scale ci     # notebooks only
+    python -m tools.book build --scale ci       # stage + jupyter-book build -W
+    python -m tools.book all --scale full       # both (what `make book` runs)
+    python -m tools.book build --edition student   # the same book, solutions hidden
+    python -m tools.book print --scale full     # one-page HTML + PDF (`make pdf`)
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ from pathlib import Path
 import nbformat
 import yaml
 
-from .errors import ConfigError
+from transfer_utils.errors import ConfigError
+from transfer_utils.fileio import atomic_path, atomic_write_json
 
-#: The repository this (editable) package lives in.
+#: The repository checkout these tools live in.
 REPO = Path(__file__).resolve().parents[1]
 #: What the stage holds besides the executed notebooks.
-STAGED = ("_config.yml", "_toc.yml", "book", "transfer_utils")
+STAGED = ("_config.yml", "_toc.yml", "book", "transfer_utils", "tools")
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Execution:
 
 def _repo() -> Path:
     if not (REPO / "_toc.yml").is_file():
-        raise FileNotFoundError(f"{REPO} is not the book's repository (no _toc.yml): install the package with -e")
+        raise FileNotFoundError(f"{REPO} is not the book's repository (no _toc.yml): run the tools from a checkout of the repository")
     return REPO
 
 
@@ -108,7 +109,7 @@ def execute(scale: str, names: list[str] | None = None, timeout: int | None = No
     Every chapter runs even when an earlier one fails; the failures are raised together at the
     end (:class:`ChaptersFailed`). There is no per-cell time limit by default (``timeout=None``):
     a slow or busy machine finishes slowly instead of failing; time budgets are the benchmark's
-    business (``transfer_utils.bench``). In the executed copies the Colab set-up cell installs the
+    business (:mod:`tools.bench`). In the executed copies the Colab set-up cell installs the
     package at :func:`source_commit` (:func:`pin_setup_cell`). Timings are written to
     ``_build/executed/<scale>/timings.json``.
     """
@@ -149,7 +150,7 @@ def execute(scale: str, names: list[str] | None = None, timeout: int | None = No
         print(f"[book] {nb.name}: {seconds:.1f} s", flush=True)
         results.append(Execution(nb.name, str(out), seconds))
         timings[nb.name] = seconds
-        timings_file.write_text(json.dumps(timings, indent=2))
+        atomic_write_json(timings_file, timings)
     if failures:
         raise ChaptersFailed(failures)
     return results
@@ -240,19 +241,17 @@ def build_print(scale: str) -> Path:
     if not page.is_file():
         raise FileNotFoundError(f"the single-page build finished without {page}")
     pdf = out / "transfer-learning-with-pytorch.pdf"
-    part = pdf.with_suffix(".part.pdf")
-    with tempfile.TemporaryDirectory() as profile:
+    with atomic_path(pdf) as part, tempfile.TemporaryDirectory() as profile:
         subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
                         "--virtual-time-budget=30000", "--no-pdf-header-footer", f"--print-to-pdf={part}",
                         page.as_uri()], check=True, capture_output=True, timeout=600)
-    if not part.is_file() or part.read_bytes()[:5] != b"%PDF-":
-        raise RuntimeError(f"Chromium did not write a PDF for {page}")
-    part.replace(pdf)
+        if not part.is_file() or part.read_bytes()[:5] != b"%PDF-":
+            raise RuntimeError(f"Chromium did not write a PDF for {page}")
     return pdf
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m transfer_utils.book")
+    parser = argparse.ArgumentParser(prog="python -m tools.book")
     parser.add_argument("command", choices=["execute", "build", "all", "print"],
                         help="print: the whole book on one page (singlehtml) and as a PDF")
     parser.add_argument("--scale", choices=["full", "ci"], default="full")
