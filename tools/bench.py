@@ -45,6 +45,8 @@ HEADLINES: dict[str, dict[str, str]] = {
         "flowers_acc": "Flowers-17, frozen backbone + logistic regression",
         "rt_frozen_acc": "Rotten Tomatoes, frozen MiniLM + logistic regression",
         "speedup_epoch": "cached features: speed-up per epoch (x)",
+        "tr_rho": "Spearman correlation, LogME score vs probe accuracy (number)",
+        "tr_n": "feature sources ranked by LogME (number)",
     },
     "04_fine_tuning.ipynb": {
         "flowers_scratch_acc": "Flowers-17, from scratch",
@@ -53,12 +55,26 @@ HEADLINES: dict[str, dict[str, str]] = {
         "ants_finetune_acc": "ants/bees, fine-tuned",
         "bn_train_acc": "batches of 2, frozen BatchNorm in train() mode",
         "bn_eval_acc": "batches of 2, frozen BatchNorm in eval() mode",
+        "rob_probe_flowers_val": "Flowers-17, probe (robustness section)",
+        "rob_ft_flowers_val": "Flowers-17, fine-tuned from a random head",
+        "rob_lpft_flowers_val": "Flowers-17, LP-FT",
+        "rob_lpft_ants_val": "ants/bees, LP-FT",
+        "rob_wise_best_alpha": "WiSE-FT: alpha with the best Flowers-17 accuracy (number)",
+        "rob_wise_best_val": "WiSE-FT: Flowers-17 accuracy at that alpha",
+        "rob_wise_best_agree": "WiSE-FT: ImageNet agreement at that alpha",
+        "rob_wise_end_agree": "WiSE-FT: ImageNet agreement at alpha = 1",
+        "rob_soup_best_single": "model soups: best single run (test half)",
+        "rob_soup_uniform": "model soups: uniform soup",
+        "rob_soup_greedy": "model soups: greedy soup",
+        "rob_soup_ensemble": "model soups: output ensemble",
     },
     "05_resnet_case_study.ipynb": {
         "ours_acc": "ants/bees, chapter 4's recipe",
         "tutorial_acc_best": "ants/bees, PyTorch tutorial's recipe (best epoch)",
         "ours_speedup": "our recipe's speed-up over the tutorial's (x)",
         "flowers_acc": "Flowers-17, chapter 4's recipe",
+        "ece_before": "shipped image classifier: ECE before temperature scaling",
+        "ece_after": "shipped image classifier: ECE after temperature scaling",
     },
     "06_bert_case_study.ipynb": {
         "frozen_mean_acc": "Rotten Tomatoes, frozen encoder (mean pooling) + logistic regression",
@@ -66,6 +82,8 @@ HEADLINES: dict[str, dict[str, str]] = {
         "ft_trainer_acc": "Rotten Tomatoes, fine-tuned (Hugging Face Trainer)",
         "imdb_headtail_acc": "IMDB at 128 pieces, head+tail truncation, frozen",
         "base_ratio": "time per training step, BERT-base size vs the chapter's model (x)",
+        "text_ece_before": "shipped text classifier: ECE before temperature scaling",
+        "text_ece_after": "shipped text classifier: ECE after temperature scaling",
     },
     "07_applications.ipynb": {
         "da_so_target": "Flowers-17 colour -> shifted target, source only",
@@ -245,7 +263,7 @@ def mixed_precision(label: str, out_dir: Path | None = None, seed: int = 0) -> P
             opt.step()
 
         # torch.utils.benchmark warms up, synchronises CUDA around the timed runs and reports per run
-        seconds = benchmark.Timer(stmt="step()", globals={"step": step}).timeit(20).mean
+        seconds = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads()).timeit(20).mean
         rows.append({"task": f"BERT-base-sized training step (batch {size} x {length})", "model": "bert-base size, random",
                      "amp": amp, "seconds": round(seconds, 4), "accuracy": None})
         del model, opt
@@ -282,7 +300,9 @@ def mixed_precision(label: str, out_dir: Path | None = None, seed: int = 0) -> P
 def _fmt(value: float | None, percent: bool) -> str:
     if value is None:
         return "—"
-    return f"{value:.1%}" if percent else f"{value:,.1f}"
+    if percent:
+        return f"{value:.1%}"
+    return f"{value:,.2f}" if abs(value) < 10 else f"{value:,.1f}"
 
 
 def render_tables(results: list[dict[str, Any]]) -> str:
@@ -301,7 +321,7 @@ def render_tables(results: list[dict[str, Any]]) -> str:
         lines += ["", "| chapter | measure | CI scale | full scale |", "|---|---|---:|---:|"]
         for name, entry in res["chapters"].items():
             for key, what in HEADLINES.get(name, {}).items():
-                percent = not any(w in what for w in ("(x)", "(s)", "points"))
+                percent = not any(w in what for w in ("(x)", "(s)", "(number)", "points"))
                 vals = [entry["values"].get(s, {}).get(key) for s in SCALES]
                 if "points" in what:
                     vals = [None if v is None else 100 * v for v in vals]
