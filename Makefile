@@ -65,7 +65,7 @@ test: assets chromium
 	$(PY) -m pytest -m "not notebooks and not book and not colab" $(PYTEST_ARGS)
 	@echo "== slow lane: each chapter executed once at CI scale, the book with -W, the HTML, the Colab mimic"
 	$(MAKE) compat-venv COMPAT=colab
-	MIRROR="$(MIRROR)" $(PY) -m pytest -m "notebooks or book or colab" $(PYTEST_ARGS)
+	MIRROR="$(MIRROR)" $(PY) -m pytest -m "notebooks or book or colab" --durations=15 $(PYTEST_ARGS)
 
 lab: assets
 	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)

@@ -268,6 +268,11 @@ def finetune(out_dir: str | Path, cfg: RunConfig = RunConfig(), init: str | Path
                 "losses": losses, "indices_by_rank": [s.cpu().tolist() for s in seen_by_rank],
                 "test_accuracy": _test_accuracy(model.cpu(), data["test"]),
                 "seconds": time.perf_counter() - start, "config": asdict(cfg)})
+        if env.world_size > 1:
+            # Leave together: rank 0 hosts the rendezvous store, and a rank that tears down its process
+            # group while a peer is still saving can kill that peer in gloo's C++ threads at exit
+            # ("terminate called without an active exception", seen on torch 2.11).
+            dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
