@@ -306,7 +306,9 @@ def test_bert_case_study_results(executed_notebooks: dict[str, Path]) -> None:
     assert 0.55 < num["frozen_mean_acc"] < 0.95 and 0.5 <= num["frozen_cls_acc"] < 0.95
     assert all(0.5 <= num[k] <= 1.0 for k in ("imdb_head_acc", "imdb_tail_acc", "imdb_headtail_acc"))
     assert num["rt_fit"] > 0.99                     # max_length 64 covers the sentences
-    assert num["base_ratio"] > 2                    # BERT-base size is slower than the chapter's model
+    # A ratio of two timings: its size depends on the machine and on how busy it is (7.2 measured on an idle
+    # 2-core CPU, 2.0 while another job shared the cores), so only the direction the prose reads is asserted.
+    assert num["base_ratio"] > 1                    # BERT-base size is slower than the chapter's model
     assert glued["reload_same"] == "True"
     text = _outputs_text(nb)
     assert "DataError: text(s) at position(s) [1] are empty" in text
