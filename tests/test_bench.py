@@ -143,3 +143,33 @@ def test_a_new_measurement_rewrites_the_header_and_the_guide(tmp_path: Path) -> 
                    notebooks / "05_resnet_case_study.ipynb")
     with pytest.raises(ConfigError, match="markers"):
         bench.render_times(results, notebooks, guide)
+
+
+def test_collect_keeps_what_was_not_executed_again_and_says_which_version_each_scale_measured(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-running one scale of one chapter must not erase the other measurements, and the header
+    must not call an old measurement one of today's chapter."""
+    results = tmp_path / "results"
+    results.mkdir()
+    old = {"label": "box", "machine": {"cpu": "x", "cpu_count": 2, "gpu": None}, "precision": [{"task": "t"}],
+           "chapters": {"01_when_transfer_helps.ipynb": {"seconds": {"ci": 20.0, "full": 30.0}, "backbone": {},
+                                                         "values": {"ci": {}, "full": {}}},
+                        "05_resnet_case_study.ipynb": {"seconds": {"ci": 30.0, "full": 500.0}, "backbone": {},
+                                                       "values": {"ci": {"ours_acc": 0.7}, "full": {"ours_acc": 0.9}},
+                                                       "source_sha256": "old"}}}
+    (results / "box.json").write_text(json.dumps(old))
+    _executed(tmp_path, "full", 0.948, 507.4)           # only chapter 5, only at full scale
+    notebook = tmp_path / "05_resnet_case_study.ipynb"
+    nbformat.write(new_notebook(cells=[nbformat.v4.new_markdown_cell("# header"), new_code_cell("x = 1")]), notebook)
+    monkeypatch.setattr(bench, "_repo", lambda: tmp_path / "repo")
+    (tmp_path / "repo" / "notebooks").mkdir(parents=True)
+    (tmp_path / "repo" / "notebooks" / notebook.name).write_bytes(notebook.read_bytes())
+    res = json.loads(bench.collect("box", executed=tmp_path / "executed", out_dir=results).read_text())
+    five, one = res["chapters"]["05_resnet_case_study.ipynb"], res["chapters"]["01_when_transfer_helps.ipynb"]
+    assert five["seconds"] == {"ci": 30.0, "full": 507.4} and five["values"]["ci"] == {"ours_acc": 0.7}
+    assert five["source_sha256"] == {"ci": "old", "full": bench.chapter_digest(notebook)}
+    assert one["seconds"] == {"ci": 20.0, "full": 30.0} and res["precision"] == [{"task": "t"}]
+    assert "partly measured on an earlier version" in bench.time_phrase([res], notebook.name, notebook)
+    assert "when last benchmarked" in bench.time_phrase([res], "01_when_transfer_helps.ipynb", notebook)
+    five["source_sha256"]["ci"] = five["source_sha256"]["full"]
+    assert "(measured on this version" in bench.time_phrase([res], notebook.name, notebook)

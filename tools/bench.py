@@ -146,7 +146,11 @@ def _outputs_text(nb: Any) -> str:
 
 
 def collect(label: str, executed: Path | None = None, out_dir: Path | None = None) -> Path:
-    """Write ``<out_dir>/<label>.json`` from the executed notebooks of every scale present."""
+    """Write ``<out_dir>/<label>.json`` from the executed notebooks of every scale present.
+
+    A chapter (or a scale of it) that was not executed this time keeps what ``<label>.json`` already
+    held, with the digest of the version it measured (``source_sha256`` per scale), so that the
+    headers can say which measurements are of today's chapter and which are older."""
     import nbformat
 
     from transfer_utils.report import read_glued
@@ -155,7 +159,14 @@ def collect(label: str, executed: Path | None = None, out_dir: Path | None = Non
         raise ConfigError(f"label {label!r}: use letters, digits, '.', '_' or '-' (it becomes a file name)")
     executed = executed or _repo() / "_build" / "executed"
     out_dir = out_dir or _repo() / "bench" / "results"
-    chapters: dict[str, dict[str, Any]] = {}
+    target = out_dir / f"{label}.json"
+    previous = json.loads(target.read_text()) if target.is_file() else {}
+    chapters: dict[str, dict[str, Any]] = previous.get("chapters", {})
+    for entry in chapters.values():  # results files before per-scale digests: one digest (or none) for both
+        if not isinstance(entry.get("source_sha256"), dict):
+            old_digest = entry.get("source_sha256")
+            entry["source_sha256"] = {s: old_digest for s in entry.get("seconds", {}) if old_digest}
+    found = False
     for scale in SCALES:
         timings_file = executed / scale / "timings.json"
         if not timings_file.is_file():
@@ -172,15 +183,15 @@ def collect(label: str, executed: Path | None = None, out_dir: Path | None = Non
             entry["seconds"][scale] = round(float(timings[name]), 1) if name in timings else None
             entry["backbone"][scale] = backbone.group(1) if backbone else None
             entry["values"][scale] = {k: float(glued[k]) for k in headlines if k in glued}
-            entry["source_sha256"] = chapter_digest(_repo() / "notebooks" / name)
-    if not chapters:
+            entry.setdefault("source_sha256", {})[scale] = chapter_digest(_repo() / "notebooks" / name)
+            found = True
+    if not found:
         raise ConfigError(f"no executed chapters under {executed}: run `python -m tools.book execute "
                           "--scale ci` (and --scale full) first, or `make bench`")
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"{label}.json"
-    results = {"label": label, "machine": machine(), "chapters": chapters}
-    if target.is_file():  # keep what `precision` measured on this machine
-        results.update({k: v for k, v in json.loads(target.read_text()).items() if k == "precision"})
+    results = {"label": label, "machine": machine(), "chapters": dict(sorted(chapters.items()))}
+    if "precision" in previous:  # keep what `precision` measured on this machine
+        results["precision"] = previous["precision"]
     return atomic_write_json(target, results)
 
 
@@ -392,9 +403,17 @@ def chapter_digest(path: Path) -> str | None:
 def _which_version(entry: dict[str, Any], notebook: Path | None) -> str:
     """How the measured chapter relates to today's: the same, an earlier version, or unknown."""
     recorded = entry.get("source_sha256")
-    if recorded is None or notebook is None:
+    if isinstance(recorded, str):  # a results file from before per-scale digests
+        recorded = {scale: recorded for scale in entry.get("seconds", {})}
+    digests = [(recorded or {}).get(scale) for scale, sec in entry.get("seconds", {}).items() if sec is not None]
+    if notebook is None or not any(digests):
         return "when last benchmarked"
-    return "measured on this version" if recorded == chapter_digest(notebook) else "measured on an earlier version of this chapter"
+    current = chapter_digest(notebook)  # a scale without a digest was measured on some earlier version
+    if all(d == current for d in digests):
+        return "measured on this version"
+    if any(d == current for d in digests):
+        return "partly measured on an earlier version of this chapter"
+    return "measured on an earlier version of this chapter"
 
 
 def time_phrase(results: list[dict[str, Any]], chapter: str, notebook: Path | None = None) -> str:
