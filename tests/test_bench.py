@@ -173,3 +173,28 @@ def test_collect_keeps_what_was_not_executed_again_and_says_which_version_each_s
     assert "when last benchmarked" in bench.time_phrase([res], "01_when_transfer_helps.ipynb", notebook)
     five["source_sha256"]["ci"] = five["source_sha256"]["full"]
     assert "(measured on this version" in bench.time_phrase([res], notebook.name, notebook)
+
+
+def test_the_header_and_the_guide_use_the_measurement_of_todays_chapter(tmp_path: Path) -> None:
+    """Two CPU results files: the header and the guide both take the one that measured this version of
+    the chapter, even when another file comes first by label, and say how many threads it ran with."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    header = f"# Chapter\n\n**Time**: {bench.TIME_START}old{bench.TIME_END}"
+    nbformat.write(new_notebook(cells=[nbformat.v4.new_markdown_cell(header), new_code_cell("x = 1")]),
+                   notebooks / "05_resnet_case_study.ipynb")
+    today = bench.chapter_digest(notebooks / "05_resnet_case_study.ipynb")
+    results = tmp_path / "results"
+    results.mkdir()
+    for label, digest, full, threads in (("a-old", "older", 300.0, 2), ("b-new", today, 900.0, 1)):
+        (results / f"{label}.json").write_text(json.dumps({
+            "label": label, "machine": {"cpu": "x", "cpu_count": 2, "torch_threads": threads, "gpu": None},
+            "chapters": {"05_resnet_case_study.ipynb": {"seconds": {"ci": 60.0, "full": full},
+                                                        "source_sha256": {"ci": digest, "full": digest}}}}))
+    guide = tmp_path / "instructors.md"
+    guide.write_text("| chapter | objectives | prerequisites | run time | study |\n|---|---|---|---|---|\n"
+                     "| {doc}`../notebooks/05_resnet_case_study` | build | chapter 4 | about 1 min | 1.5 h |\n")
+    bench.render_times(results, notebooks, guide)
+    cell = nbformat.read(notebooks / "05_resnet_case_study.ipynb", as_version=4).cells[0].source
+    assert "about 15 min at full scale" in cell and "1 torch thread (measured on this version" in cell, cell
+    assert "b-new.json" in cell and "| chapter 4 | about 15 min | 1.5 h |" in guide.read_text()

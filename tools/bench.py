@@ -382,9 +382,15 @@ def _minutes(seconds: float | None) -> str:
     return f"about {whole}{'½' if half else ''} min"
 
 
-def _cpu_and_gpu(results: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    cpu = next((r for r in sorted(results, key=lambda r: r["label"]) if not r["machine"].get("gpu")), None)
-    gpu = next((r for r in sorted(results, key=lambda r: r["label"]) if r["machine"].get("gpu")), None)
+def _cpu_and_gpu(results: list[dict[str, Any]], chapter: str | None = None, notebook: Path | None = None
+                 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The CPU and the GPU results file that measured ``chapter`` (any, if None): one that measured
+    today's ``notebook`` if there is one, else the first by label."""
+    ordered = [r for r in sorted(results, key=lambda r: r["label"]) if chapter is None or chapter in r["chapters"]]
+    if chapter is not None and notebook is not None:  # stable sort: today's version first
+        ordered.sort(key=lambda r: _which_version(r["chapters"][chapter], notebook) != "measured on this version")
+    cpu = next((r for r in ordered if not r["machine"].get("gpu")), None)
+    gpu = next((r for r in ordered if r["machine"].get("gpu")), None)
     return cpu, gpu
 
 
@@ -418,13 +424,15 @@ def _which_version(entry: dict[str, Any], notebook: Path | None) -> str:
 
 def time_phrase(results: list[dict[str, Any]], chapter: str, notebook: Path | None = None) -> str:
     """The generated "Time" sentence of ``chapter``'s header, from the results files."""
-    cpu, gpu = _cpu_and_gpu(results)
+    cpu, gpu = _cpu_and_gpu(results, chapter, notebook)
     parts = []
     if cpu is not None and chapter in cpu["chapters"]:
         sec = cpu["chapters"][chapter]["seconds"]
         m = cpu["machine"]
+        threads = m.get("torch_threads")
+        how = f", {threads} torch thread{'s' if threads != 1 else ''}" if threads and threads != m["cpu_count"] else ""
         parts.append(f"{_minutes(sec.get('full'))} at full scale and {_minutes(sec.get('ci'))} at CI scale on "
-                     f"{m['cpu_count']} CPU cores ({_which_version(cpu['chapters'][chapter], notebook)}: "
+                     f"{m['cpu_count']} CPU cores{how} ({_which_version(cpu['chapters'][chapter], notebook)}: "
                      f"`bench/results/{cpu['label']}.json`)")
     else:
         parts.append("not yet measured on a CPU (run `make bench`)")
@@ -435,8 +443,9 @@ def time_phrase(results: list[dict[str, Any]], chapter: str, notebook: Path | No
     return "; ".join(parts) + "."
 
 
-def instructor_time(results: list[dict[str, Any]], chapter: str) -> str:
-    cpu, _ = _cpu_and_gpu(results)
+def instructor_time(results: list[dict[str, Any]], chapter: str, notebook: Path | None = None) -> str:
+    """The guide's run-time cell of ``chapter``: the same measurement as its header's."""
+    cpu, _ = _cpu_and_gpu(results, chapter, notebook)
     if cpu is None or chapter not in cpu["chapters"]:
         return "not yet measured"
     return _minutes(cpu["chapters"][chapter]["seconds"].get("full"))
@@ -466,7 +475,11 @@ def render_times(results_dir: Path | None = None, notebooks: Path | None = None,
             atomic_write_text(path, nbformat.writes(nb) + "\n")
             changed.append(path)
     text = guide.read_text()
-    new_text = TIME_ROW.sub(lambda m: f"{m.group(1)} {instructor_time(results, m.group('stem') + '.ipynb')} {m.group(4)}", text)
+    def row(m: re.Match[str]) -> str:
+        name = m.group("stem") + ".ipynb"
+        return f"{m.group(1)} {instructor_time(results, name, notebooks / name)} {m.group(4)}"
+
+    new_text = TIME_ROW.sub(row, text)
     if new_text != text:
         atomic_write_text(guide, new_text)
         changed.append(guide)
