@@ -387,8 +387,9 @@ def _cpu_and_gpu(results: list[dict[str, Any]], chapter: str | None = None, note
     """The CPU and the GPU results file that measured ``chapter`` (any, if None): one that measured
     today's ``notebook`` if there is one, else the first by label."""
     ordered = [r for r in sorted(results, key=lambda r: r["label"]) if chapter is None or chapter in r["chapters"]]
-    if chapter is not None and notebook is not None:  # stable sort: today's version first
-        ordered.sort(key=lambda r: _which_version(r["chapters"][chapter], notebook) != "measured on this version")
+    if chapter is not None and notebook is not None:  # stable sort: a full-scale time of today's version first
+        ordered.sort(key=lambda r: not (_which_version(r["chapters"][chapter], notebook) == "measured on this version"
+                                        and r["chapters"][chapter]["seconds"].get("full") is not None))
     cpu = next((r for r in ordered if not r["machine"].get("gpu")), None)
     gpu = next((r for r in ordered if r["machine"].get("gpu")), None)
     return cpu, gpu
