@@ -3,6 +3,7 @@ at CI scale with the numbers it reports checked against honest thresholds."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import nbformat
@@ -289,6 +290,12 @@ def test_resnet_case_study_results(executed_notebooks: dict[str, Path]) -> None:
     assert int(glued["n_calibration_photos"]) > 0 and 0.05 <= float(glued["temperature"]) <= 20
     assert float(glued["ece_after"]) < float(glued["ece_before"])
     assert '"kind": "image-classifier"' in text and '"temperature": ' in text
+    # The verdicts the prose reads say what the numbers say.
+    temperature, before, after = (float(glued[k]) for k in ("temperature", "ece_before", "ece_after"))
+    assert ("overconfident" in _glued_markdown(nb, "temperature_verdict")) == (temperature > 1), temperature
+    assert ("does **not**" in _glued_markdown(nb, "ece_verdict")) == (after >= before), (before, after)
+    met = float(glued["ours_acc"]) >= 0.93 and speedup >= 5
+    assert _glued_markdown(nb, "benchmark_verdict").startswith("**meets**" if met else "**does not meet**")
 
 
 @pytest.mark.notebooks
@@ -320,6 +327,21 @@ def test_bert_case_study_results(executed_notebooks: dict[str, Path]) -> None:
     assert 0.05 <= float(glued["text_temperature"]) <= 20
     assert float(glued["text_ece_after"]) < float(glued["text_ece_before"])
     assert "'kind': 'text-classifier'" in text and "'temperature': " in text
+    # The verdicts the prose reads say what the numbers say.
+    noise = _glued_markdown(nb, "ft_noise_verdict")
+    assert noise == ("well within" if num["ft_diff"] <= num["ft_two_se"] / 2 else
+                     "within" if num["ft_diff"] <= num["ft_two_se"] else "outside"), (noise, num["ft_diff"])
+    if num["frozen_mean_acc"] != num["frozen_cls_acc"]:
+        mean_best = num["frozen_mean_acc"] > num["frozen_cls_acc"]
+        assert (_glued_markdown(nb, "best_pooling") == "mean pooling") == mean_best
+    gain, gain_verdict = float(glued["ft_gain"]), _glued_markdown(nb, "ft_gain_verdict")
+    assert gain_verdict.startswith("beats") <= (gain > 0), (gain, gain_verdict)     # "beats" only when ahead
+    assert f"{gain * 100:.1f} points" in gain_verdict or f"{gain * 100:+.1f} points" in gain_verdict
+    imdb_two_se = 2 * math.sqrt(2 * 0.25 / int(glued["imdb_n"]))
+    assert _glued_markdown(nb, "imdb_noise") == ("larger than" if float(glued["imdb_spread"]) > imdb_two_se else "within")
+    text_t, text_before, text_after = (float(glued[k]) for k in ("text_temperature", "text_ece_before", "text_ece_after"))
+    assert ("overconfident" in _glued_markdown(nb, "text_temperature_verdict")) == (text_t > 1), text_t
+    assert ("does **not**" in _glued_markdown(nb, "text_ece_verdict")) == (text_after >= text_before)
 
 
 @pytest.mark.notebooks
@@ -446,16 +468,6 @@ def _is_number(value: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _glued_markdown(nb, name: str) -> str:
-    """The Markdown text of a value glued as ``IPython.display.Markdown`` (read_glued has its text/plain repr)."""
-    for cell in nb.cells:
-        for output in cell.get("outputs", []):
-            meta = output.get("metadata", {}).get("scrapbook")
-            if meta and meta["name"] == name:
-                return output["data"][meta["mime_prefix"] + "text/markdown"]
-    raise KeyError(name)
 
 
 def _html_text(nb) -> str:
