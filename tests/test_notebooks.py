@@ -45,6 +45,21 @@ def test_house_structure(path: Path) -> None:
     assert text.count("{exercise}") >= 3 and text.count(":class: dropdown") >= text.count("{exercise}")
 
 
+HIDDEN = {"hide-input", "hide-cell", "remove-cell", "remove-input"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_visible_code_cells_stay_short(path: Path) -> None:
+    """A code cell the reader sees teaches one step: at most 30 lines, unless its first line says why
+    it is longer ("... on purpose ..."). Bookkeeping belongs in hidden-input cells."""
+    nb = nbformat.read(path, as_version=4)
+    long = [f"cell {i}: {len(c.source.splitlines())} lines, starting {c.source.splitlines()[0][:60]!r}"
+            for i, c in enumerate(nb.cells)
+            if c.cell_type == "code" and not HIDDEN & set(c.metadata.get("tags", []))
+            and len(c.source.splitlines()) > 30 and "on purpose" not in c.source.splitlines()[0]]
+    assert not long, "split these cells, or move their bookkeeping into a hidden-input cell:\n" + "\n".join(long)
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_colab_setup_installs_from_the_configured_repository(path: Path) -> None:
     repo_url = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]["url"]
