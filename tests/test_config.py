@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from transfer_utils import config
+from transfer_utils import assets, config
 from transfer_utils.errors import ConfigError
 
 
@@ -59,17 +59,24 @@ def test_offline_rejects_nonsense() -> None:
         config.resolve_offline("maybe")  # type: ignore[arg-type]
 
 
-def test_offline_reaches_libraries_imported_before_it(monkeypatch, capsys, hub_lookups) -> None:
+def test_offline_reaches_libraries_imported_before_it(monkeypatch, capsys, hub_lookups, tmp_path) -> None:
     """transformers 5.x asks the hub for ``adapter_config.json`` even with ``local_files_only=True``;
-    offline, that meant ~25 s of retries per model load. Once offline is resolved, loading the
-    cached encoder must not even resolve a host name — though ``huggingface_hub`` was imported
+    offline, that meant ~25 s of retries per model load. Once offline is resolved, loading an
+    encoder by its hub id must not even resolve a host name — though ``huggingface_hub`` was imported
     (and read ``HF_HUB_OFFLINE``) before."""
     import huggingface_hub.constants as constants
     from transformers import AutoModel
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as if imported before the switch
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty Hugging Face cache
     config.resolve_offline(True)
 
-    AutoModel.from_pretrained("sentence-transformers/all-MiniLM-L6-v2", local_files_only=True)
+    # A hub id: the adapter lookup comes first, so even a model the cache lacks exercised it.
+    with pytest.raises(OSError):
+        AutoModel.from_pretrained("sentence-transformers/all-MiniLM-L6-v2", local_files_only=True)
+    assert hub_lookups == [], f"an offline model load looked up {hub_lookups}"
+    # What the package passes offline (the mirror's folder): loaded, with no lookup either.
+    AutoModel.from_pretrained(assets.pretrained_source("sentence-transformers/all-MiniLM-L6-v2", offline=True),
+                              local_files_only=True)
     assert hub_lookups == [], f"an offline model load looked up {hub_lookups}"

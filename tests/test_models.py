@@ -156,12 +156,33 @@ def test_damaged_cached_weights_are_named(tmp_path, monkeypatch, damage: str) ->
             models.create_backbone("resnet18", offline=offline)
 
 
-def test_a_damaged_cached_timm_snapshot_is_named(tmp_path, monkeypatch) -> None:
-    weights = tmp_path / "model.safetensors"
-    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"__metadata__\":")  # a header cut short
-    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *a, **k: str(weights))  # "cached"
-    with pytest.raises(DamagedFileError, match="pretrained weights of 'tf_efficientnet_lite0' .*damaged.*seed"):
+_CUT_SHORT = b"\x10\x00\x00\x00\x00\x00\x00\x00{\"__metadata__\":"  # a safetensors header cut short
+
+
+def test_a_damaged_converted_timm_file_is_named(tmp_path, monkeypatch) -> None:
+    """The converted offline weights, damaged: the error names the file and the command that rewrites it."""
+    from transfer_utils import assets
+
+    monkeypatch.setenv("TL_DATA_HOME", str(tmp_path))
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *a, **k: None)  # nothing in timm's cache
+    weights = assets.mirrored_weights_file("tf_efficientnet_lite0")
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(_CUT_SHORT)
+    with pytest.raises(DamagedFileError, match="pretrained weights of 'tf_efficientnet_lite0' .*damaged.*"
+                                               "assets seed: it converts the offline mirror again") as info:
         models.create_backbone("tf_efficientnet_lite0", offline=True)
+    assert info.value.path == weights and str(weights) in str(info.value)
+
+
+def test_a_damaged_timm_file_in_the_hub_cache_is_named(tmp_path, monkeypatch) -> None:
+    """A download of an earlier online run, damaged since, is what timm reads first: named, with the way out."""
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(_CUT_SHORT)
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *a, **k: str(weights))  # "cached"
+    with pytest.raises(DamagedFileError, match="pretrained weights of 'tf_efficientnet_lite0' .*damaged. "
+                                               "Delete it and run again with internet access") as info:
+        models.create_backbone("tf_efficientnet_lite0", offline=True)
+    assert info.value.path == weights
 
 
 def test_unknown_models_are_rejected() -> None:

