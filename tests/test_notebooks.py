@@ -299,8 +299,9 @@ def test_resnet_case_study_results(executed_notebooks: dict[str, Path]) -> None:
     assert 0.5 <= float(glued["tta_acc"]) <= 1.0
     text = _outputs_text(nb)
     assert "fresh process:" in text and "model.safetensors" in text
-    # Calibration: the hand-written ECE is torchmetrics'; the temperature, fitted on photos held out
-    # of training, lowers the validation ECE (it did in every CI run so far) and is shipped.
+    # Calibration: the hand-written ECE is torchmetrics'; temperatures cross-fitted on the two halves of
+    # the 153 validation photos lower their ECE (0.19 -> 0.06-0.08 over 8 splits of a CI-scale model,
+    # 0.044 -> 0.02-0.04 at full scale), and the temperature fitted on all of them is shipped.
     assert float(glued["ece_tm_check"]) < 1e-5
     assert int(glued["n_calibration_photos"]) > 0 and 0.05 <= float(glued["temperature"]) <= 20
     assert float(glued["ece_after"]) < float(glued["ece_before"])
@@ -309,6 +310,8 @@ def test_resnet_case_study_results(executed_notebooks: dict[str, Path]) -> None:
     temperature, before, after = (float(glued[k]) for k in ("temperature", "ece_before", "ece_after"))
     assert ("overconfident" in _glued_markdown(nb, "temperature_verdict")) == (temperature > 1), temperature
     assert ("does **not**" in _glued_markdown(nb, "ece_verdict")) == (after >= before), (before, after)
+    heldout = float(glued["ece_heldout"])
+    assert ("does **not**" in _glued_markdown(nb, "heldout_verdict")) == (heldout >= before), (before, heldout)
     met = float(glued["ours_acc"]) >= 0.93 and speedup >= 5
     assert _glued_markdown(nb, "benchmark_verdict").startswith("**meets**" if met else "**does not meet**")
 
