@@ -394,6 +394,7 @@ def test_parameter_efficient_results(executed_notebooks: dict[str, Path]) -> Non
             assert "within the noise" in words, (key, words)
         else:
             assert ("beats" in words or "trails" in words), (key, words)
+    assert num["pad_saving"] > 1                                           # grouped batches carry fewer tokens
     assert num["opt_lora"] < 0.05 * num["opt_full"]                        # gradients + AdamW moments shrink
     assert num["act_lora"] > 0.5 * num["act_full"]                         # activations do not
     assert num["adapter_kb"] * 1e-3 < 0.05 * num["full_mb"]                # the adapter is a small file
