@@ -23,7 +23,9 @@ def _executed(tmp_path: Path, scale: str, value: float, seconds: float) -> Path:
     stream = new_output("stream", name="stdout", text="backbone: tf_efficientnet_lite0  (timm ...)\n")
     cell = new_code_cell("x = 1")
     cell.outputs = [stream, glue]
-    nbformat.write(new_notebook(cells=[cell]), folder / "05_resnet_case_study.ipynb")
+    injected = new_code_cell(f'SCALE = "{scale}"', metadata={"tags": ["injected-parameters"]})
+    nbformat.write(new_notebook(cells=[nbformat.v4.new_markdown_cell("# header"), injected, cell]),
+                   folder / "05_resnet_case_study.ipynb")
     (folder / "timings.json").write_text(json.dumps({"05_resnet_case_study.ipynb": seconds}))
     return folder
 
@@ -173,6 +175,20 @@ def test_collect_keeps_what_was_not_executed_again_and_says_which_version_each_s
     assert "when last benchmarked" in bench.time_phrase([res], "01_when_transfer_helps.ipynb", notebook)
     five["source_sha256"]["ci"] = five["source_sha256"]["full"]
     assert "(measured on this version" in bench.time_phrase([res], notebook.name, notebook)
+
+
+def test_collect_records_the_version_that_ran_not_todays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chapter edited after it was executed: the measurement belongs to the executed version, and
+    the header must say it is of an earlier one."""
+    _executed(tmp_path, "full", 0.948, 507.4)                       # ran with "x = 1"
+    today = tmp_path / "repo" / "notebooks" / "05_resnet_case_study.ipynb"
+    today.parent.mkdir(parents=True)
+    nbformat.write(new_notebook(cells=[nbformat.v4.new_markdown_cell("# header"), new_code_cell("x = 2")]), today)
+    monkeypatch.setattr(bench, "_repo", lambda: tmp_path / "repo")
+    res = json.loads(bench.collect("box", executed=tmp_path / "executed", out_dir=tmp_path / "results").read_text())
+    recorded = res["chapters"][today.name]["source_sha256"]["full"]
+    assert recorded == bench.chapter_digest(tmp_path / "executed" / "full" / today.name) != bench.chapter_digest(today)
+    assert "measured on an earlier version" in bench.time_phrase([res], today.name, today)
 
 
 def test_the_header_and_the_guide_use_the_measurement_of_todays_chapter(tmp_path: Path) -> None:

@@ -183,7 +183,7 @@ def collect(label: str, executed: Path | None = None, out_dir: Path | None = Non
             entry["seconds"][scale] = round(float(timings[name]), 1) if name in timings else None
             entry["backbone"][scale] = backbone.group(1) if backbone else None
             entry["values"][scale] = {k: float(glued[k]) for k in headlines if k in glued}
-            entry.setdefault("source_sha256", {})[scale] = chapter_digest(_repo() / "notebooks" / name)
+            entry.setdefault("source_sha256", {})[scale] = chapter_digest(path)   # the version that ran
             found = True
     if not found:
         raise ConfigError(f"no executed chapters under {executed}: run `python -m tools.book execute "
@@ -396,7 +396,10 @@ def _cpu_and_gpu(results: list[dict[str, Any]], chapter: str | None = None, note
 
 
 def chapter_digest(path: Path) -> str | None:
-    """sha256 of a chapter's cell sources (not its outputs): which version of it a measurement timed."""
+    """sha256 of a chapter's cell sources (not its outputs): which version of it a measurement timed.
+
+    The same for the chapter in ``notebooks/`` and for an executed copy of that version (the cell
+    papermill injects is left out), so :func:`collect` digests the copy that ran."""
     import hashlib
 
     import nbformat
@@ -404,7 +407,9 @@ def chapter_digest(path: Path) -> str | None:
     if not path.is_file():
         return None
     nb = nbformat.read(path, as_version=4)
-    return hashlib.sha256("\n".join(c.source for c in nb.cells[1:]).encode()).hexdigest()  # the header holds the time
+    cells = [c for c in nb.cells[1:]  # the header holds the time; papermill adds the injected parameters
+             if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    return hashlib.sha256("\n".join(c.source for c in cells).encode()).hexdigest()
 
 
 def _which_version(entry: dict[str, Any], notebook: Path | None) -> str:
