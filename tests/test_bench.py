@@ -191,6 +191,20 @@ def test_collect_records_the_version_that_ran_not_todays(tmp_path: Path, monkeyp
     assert "measured on an earlier version" in bench.time_phrase([res], today.name, today)
 
 
+def test_the_digest_ignores_what_the_executor_adds(tmp_path: Path) -> None:
+    """An executed copy (injected parameters, the Colab install pinned to a commit) has the digest of
+    the chapter it was executed from."""
+    setup = 'pip install "transfer-utils @ git+https://github.com/o/r"'
+    chapter = new_notebook(cells=[nbformat.v4.new_markdown_cell("# header"), new_code_cell(setup), new_code_cell("x = 1")])
+    executed = new_notebook(cells=[nbformat.v4.new_markdown_cell("# header, time rewritten"),
+                                   new_code_cell(setup.replace('/r"', '/r@f7ee802017ba0530e8f504fa4a0af59c4582dd2d"')),
+                                   new_code_cell('SCALE = "full"', metadata={"tags": ["injected-parameters"]}),
+                                   new_code_cell("x = 1")])
+    for name, nb in (("chapter", chapter), ("executed", executed)):
+        nbformat.write(nb, tmp_path / f"{name}.ipynb")
+    assert bench.chapter_digest(tmp_path / "chapter.ipynb") == bench.chapter_digest(tmp_path / "executed.ipynb")
+
+
 def test_the_header_and_the_guide_use_the_measurement_of_todays_chapter(tmp_path: Path) -> None:
     """Two CPU results files: the header and the guide both take the one that measured this version of
     the chapter, even when another file comes first by label, and say how many threads it ran with."""

@@ -399,7 +399,8 @@ def chapter_digest(path: Path) -> str | None:
     """sha256 of a chapter's cell sources (not its outputs): which version of it a measurement timed.
 
     The same for the chapter in ``notebooks/`` and for an executed copy of that version (the cell
-    papermill injects is left out), so :func:`collect` digests the copy that ran."""
+    papermill injects is left out, the commit pinned in the Colab set-up cell ignored), so
+    :func:`collect` digests the copy that ran."""
     import hashlib
 
     import nbformat
@@ -409,7 +410,9 @@ def chapter_digest(path: Path) -> str | None:
     nb = nbformat.read(path, as_version=4)
     cells = [c for c in nb.cells[1:]  # the header holds the time; papermill adds the injected parameters
              if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
-    return hashlib.sha256("\n".join(c.source for c in cells).encode()).hexdigest()
+    # the executed copies' Colab set-up cell installs git+<url>@<commit> (tools.book pins it): not a change
+    sources = [re.sub(r'(git\+[^"\s]+?)@[0-9a-f]{7,40}"', r'\1"', c.source) for c in cells]
+    return hashlib.sha256("\n".join(sources).encode()).hexdigest()
 
 
 def _which_version(entry: dict[str, Any], notebook: Path | None) -> str:
