@@ -191,6 +191,15 @@ def test_collect_records_the_version_that_ran_not_todays(tmp_path: Path, monkeyp
     assert "measured on an earlier version" in bench.time_phrase([res], today.name, today)
 
 
+def test_the_digest_follows_the_code_not_the_prose(tmp_path: Path) -> None:
+    cells = lambda text, code: [nbformat.v4.new_markdown_cell(text), new_code_cell(code)]  # noqa: E731
+    for name, nb in (("a", cells("# one wording", "x = 1")), ("b", cells("# another wording", "x = 1")),
+                     ("c", cells("# one wording", "x = 2"))):
+        nbformat.write(new_notebook(cells=nb), tmp_path / f"{name}.ipynb")
+    a, b, c = (bench.chapter_digest(tmp_path / f"{n}.ipynb") for n in "abc")
+    assert a == b != c
+
+
 def test_the_digest_ignores_what_the_executor_adds(tmp_path: Path) -> None:
     """An executed copy (injected parameters, the Colab install pinned to a commit) has the digest of
     the chapter it was executed from."""

@@ -396,7 +396,8 @@ def _cpu_and_gpu(results: list[dict[str, Any]], chapter: str | None = None, note
 
 
 def chapter_digest(path: Path) -> str | None:
-    """sha256 of a chapter's cell sources (not its outputs): which version of it a measurement timed.
+    """sha256 of a chapter's code (not its prose, not its outputs): which version of it a measurement
+    timed. A change of wording keeps the digest; a change of code changes it.
 
     The same for the chapter in ``notebooks/`` and for an executed copy of that version (the cell
     papermill injects is left out, the commit pinned in the Colab set-up cell ignored), so
@@ -408,8 +409,8 @@ def chapter_digest(path: Path) -> str | None:
     if not path.is_file():
         return None
     nb = nbformat.read(path, as_version=4)
-    cells = [c for c in nb.cells[1:]  # the header holds the time; papermill adds the injected parameters
-             if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    cells = [c for c in nb.cells if c.cell_type == "code"  # what runs; papermill adds the injected parameters
+             and "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
     # the executed copies' Colab set-up cell installs git+<url>@<commit> (tools.book pins it): not a change
     sources = [re.sub(r'(git\+[^"\s]+?)@[0-9a-f]{7,40}"', r'\1"', c.source) for c in cells]
     return hashlib.sha256("\n".join(sources).encode()).hexdigest()
