@@ -233,7 +233,7 @@ def test_pretrained_source_is_the_hub_id_or_the_verified_mirror_folder(monkeypat
     assert AutoConfig.from_pretrained(folder, local_files_only=True).hidden_size == 384
     assert models._is_cached(asset)
     # What the library's own cache holds (an earlier online run) is loaded by its hub id.
-    monkeypatch.setattr(assets, "_hub_cached_file", lambda repo_id, filename: Path("/cached") / filename)
+    monkeypatch.setattr(assets, "hub_cached_file", lambda repo_id, filename: Path("/cached") / filename)
     assert assets.pretrained_source(name, offline=True) == name
 
 

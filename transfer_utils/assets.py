@@ -628,7 +628,7 @@ def fetch_sample_images(name: str = "imagenet_samples", *, offline: bool = False
     return [(p, sample_label(p)) for p in photos]
 
 
-def _hub_cached_file(repo_id: str, filename: str) -> Path | None:
+def hub_cached_file(repo_id: str, filename: str) -> Path | None:
     """``filename`` of hub repo ``repo_id`` in the Hugging Face cache (a download of an earlier online
     run), found the way ``huggingface_hub`` finds it; ``None`` if it is not there."""
     from huggingface_hub import try_to_load_from_cache
@@ -666,7 +666,7 @@ def pretrained_source(name: str, *, offline: bool) -> str:
         registered = [k for k, a in MODELS.items() if a.library == "transformers"]
         raise ConfigError(f"unknown Hugging Face model {name!r}; registered: {registered}")
     asset = MODELS[name]
-    if not offline or _hub_cached_file(asset.canonical, "config.json") is not None:
+    if not offline or hub_cached_file(asset.canonical, "config.json") is not None:
         return asset.canonical
     if asset.mirror_package is None:
         raise AssetUnavailableError(

@@ -70,11 +70,9 @@ def _torchvision_cached(asset: assets.ModelAsset) -> bool:
 def _timm_offline_file(name: str) -> Path | None:
     """The weights file timm reads offline: the Hugging Face cache's copy (a download of an earlier
     online run), else the mirror converted by ``python -m transfer_utils.assets seed``; ``None`` if neither."""
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(assets.MODELS[name].canonical, "model.safetensors")
-    if isinstance(cached, str):
-        return Path(cached)
+    cached = assets.hub_cached_file(assets.MODELS[name].canonical, "model.safetensors")
+    if cached is not None:
+        return cached
     mirror = assets.mirrored_weights_file(name)
     return mirror if mirror.is_file() else None
 
