@@ -30,14 +30,16 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: env assets book pdf test lab chromium clean bench test-compat compat-venv
 
 # The installs go through uv (pinned below; installed into the venv by pip, so the venv keeps its own
-# pip for a learner): it resolves and unpacks in parallel, about 5x faster than pip here (22 s against
-# 107 s for requirements.txt into a fresh venv, CUDA wheels of torch included). UV=pip falls back to pip.
+# pip for a learner): it downloads and unpacks in parallel, about 4x faster than pip here (32 s against
+# 107 s for requirements.txt into a fresh venv, CUDA wheels of torch included). --compile-bytecode, as
+# pip does: without it every first import compiles (a fresh clone's fast lane took 172 s, not 103 s).
+# UV=pip installs with pip alone.
 UV_VERSION := 0.13.8
 UV ?= uv
 ifeq ($(UV),pip)
   INSTALL = $(1)/bin/python -m pip install --quiet
 else
-  INSTALL = $(1)/bin/uv pip install --quiet --python $(1)/bin/python
+  INSTALL = $(1)/bin/uv pip install --quiet --compile-bytecode --python $(1)/bin/python
 endif
 define BOOTSTRAP
 test -x $(1)/bin/python || $(2) -m venv $(1)

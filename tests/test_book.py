@@ -145,7 +145,7 @@ def test_print_edition_is_one_page_and_a_pdf(executed_notebooks: dict[str, Path]
     assert data[:5] == b"%PDF-" and len(data) > 500_000
     pages = len(re.findall(rb"/Type\s*/Page\b(?!s)", data))
     assert pages > 40, f"only {pages} pages printed"
-    html = (pdf.parent / "_build" / "singlehtml" / "book" / "index.html").read_text()
+    html = book.print_page().read_text()
     for nb_path in sorted((REPO / "notebooks").glob("*.ipynb")):
         first = nbformat.read(nb_path, as_version=4).cells[0].source
         title = next(line[2:].strip() for line in first.splitlines() if line.startswith("# "))

@@ -84,3 +84,19 @@ def test_no_per_cell_time_limit_by_default(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(book, "source_commit", lambda: None)
     book.execute("ci")
     assert seen["execution_timeout"] is None
+
+
+def test_staging_again_touches_only_what_changed(tmp_path: Path) -> None:
+    """The stage keeps an unchanged file's modification time (Sphinx then reads that page no second
+    time, which lets the print edition reuse the HTML build), rewrites what changed, drops what went."""
+    import os
+
+    target = tmp_path / "stage"
+    book._sync({Path("a.md"): b"same", Path("sub/b.md"): b"old", Path("gone.md"): b"x"}, target)
+    os.utime(target / "a.md", (1_000_000, 1_000_000))
+    book._sync({Path("a.md"): b"same", Path("sub/b.md"): b"new"}, target)
+    assert (target / "a.md").stat().st_mtime == 1_000_000
+    assert (target / "sub" / "b.md").read_bytes() == b"new"
+    assert not (target / "gone.md").exists()
+    book._sync({Path("a.md"): b"same"}, target)
+    assert not (target / "sub").exists()

@@ -204,10 +204,32 @@ def execute(scale: str, names: list[str] | None = None, timeout: int | None = No
 EDITIONS = ("full", "student")
 
 
-def stage(scale: str, edition: str = "full") -> Path:
-    """Copy the book sources and the executed notebooks to ``_build/stage/<scale>[-student]``.
+def _write_if_changed(path: Path, data: bytes) -> None:
+    """Write ``data`` unless ``path`` already holds it: an unchanged file keeps its modification time,
+    which is how Sphinx tells which pages it must read again."""
+    if not (path.is_file() and path.read_bytes() == data):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
 
-    The ``student`` edition hides every ``{solution}`` (sphinx-exercise's ``hide_solutions``).
+
+def _sync(wanted: dict[Path, bytes], target: Path) -> None:
+    """Make ``target`` hold exactly ``wanted`` (relative path -> bytes), touching only what differs."""
+    for rel, data in wanted.items():
+        _write_if_changed(target / rel, data)
+    for path in sorted(target.rglob("*"), reverse=True):  # files before the folders that hold them
+        rel = path.relative_to(target)
+        if path.is_file() and rel not in wanted:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
+def stage(scale: str, edition: str = "full") -> Path:
+    """Bring ``_build/stage/<scale>[-student]`` up to date with the book sources and the executed notebooks.
+
+    Files whose content did not change keep their modification time, so a second Sphinx build of the
+    same stage (the print edition after the HTML) reads no page again. The ``student`` edition hides
+    every ``{solution}`` (sphinx-exercise's ``hide_solutions``).
     """
     if edition not in EDITIONS:
         raise ValueError(f"edition must be one of {EDITIONS}, got {edition!r}")
@@ -217,28 +239,26 @@ def stage(scale: str, edition: str = "full") -> Path:
     if missing:
         raise FileNotFoundError(f"not executed yet at SCALE={scale}: {missing}; run `execute` first")
     target = repo / "_build" / "stage" / (scale if edition == "full" else f"{scale}-{edition}")
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
+    wanted: dict[Path, bytes] = {}
     for name in STAGED:
         src = repo / name
-        if src.is_dir():
-            shutil.copytree(src, target / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, target / name)
-    (target / "notebooks").mkdir()
+        files = [f for f in src.rglob("*") if f.is_file() and "__pycache__" not in f.parts] if src.is_dir() else [src]
+        wanted.update({f.relative_to(repo): f.read_bytes() for f in files})
     for nb in notebooks():
         executed = nbformat.read(src_executed / nb.name, as_version=4)
         for cell in executed.cells:  # papermill's injected SCALE: folded away, still inspectable
             tags = cell.metadata.get("tags", [])
             if "injected-parameters" in tags and "hide-cell" not in tags:
                 cell.metadata["tags"] = [*tags, "hide-cell"]
-        nbformat.write(executed, target / "notebooks" / nb.name)
-    config = yaml.safe_load((target / "_config.yml").read_text())
+        wanted[Path("notebooks") / nb.name] = nbformat.writes(executed).encode()
+    config = yaml.safe_load((repo / "_config.yml").read_text())
     config["execute"]["execute_notebooks"] = "off"  # already executed, exactly once
     if edition == "student":
         config["title"] = f"{config['title']} (student edition)"
         config["sphinx"]["config"]["hide_solutions"] = True
-    (target / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    wanted[Path("_config.yml")] = yaml.safe_dump(config, sort_keys=False).encode()
+    target.mkdir(parents=True, exist_ok=True)
+    _sync(wanted, target)
     return target
 
 
@@ -273,19 +293,22 @@ def chromium() -> str:
 
 
 def build_print(scale: str) -> Path:
-    """The whole book on one HTML page (Sphinx's ``singlehtml`` builder), printed to
-    ``_build/print/transfer-learning-with-pytorch.pdf`` by headless Chromium, offline; return the PDF."""
+    """The whole book on one HTML page (Sphinx's ``singlehtml`` builder, ``_build/singlehtml``), printed
+    to ``_build/print/transfer-learning-with-pytorch.pdf`` by headless Chromium, offline; return the PDF.
+
+    It shares the HTML build's parsed pages (``_build/.doctrees``): after ``build`` at the same scale,
+    Sphinx reads no page again and only writes the one-page edition."""
     target = stage(scale)
-    out = _repo() / "_build" / "print"
     cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(target), "--builder", "singlehtml",
-           "--path-output", str(out), "--all"]
+           "--path-output", str(_repo())]
     print("[book]", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     root = yaml.safe_load((target / "_toc.yml").read_text())["root"]
-    page = out / "_build" / "singlehtml" / f"{root}.html"  # the whole book (index.html only redirects here)
+    page = print_page(root)  # the whole book (index.html only redirects here)
     if not page.is_file():
         raise FileNotFoundError(f"the single-page build finished without {page}")
-    pdf = out / "transfer-learning-with-pytorch.pdf"
+    pdf = _repo() / "_build" / "print" / "transfer-learning-with-pytorch.pdf"
+    pdf.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(pdf) as part, tempfile.TemporaryDirectory() as profile:
         subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
                         "--virtual-time-budget=30000", "--no-pdf-header-footer", f"--print-to-pdf={part}",
@@ -293,6 +316,11 @@ def build_print(scale: str) -> Path:
         if not part.is_file() or part.read_bytes()[:5] != b"%PDF-":
             raise RuntimeError(f"Chromium did not write a PDF for {page}")
     return pdf
+
+
+def print_page(root: str = "book/index") -> Path:
+    """The one-page edition's HTML file (what :func:`build_print` prints)."""
+    return _repo() / "_build" / "singlehtml" / f"{root}.html"
 
 
 def main(argv: list[str] | None = None) -> int:
