@@ -3,6 +3,7 @@ time limit turns a slow machine into a failure."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -55,8 +56,13 @@ def test_side_by_side_chapters_share_the_cores_and_return_in_chapter_order(tmp_p
     monkeypatch.setattr(book, "source_commit", lambda: None)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(book.os, "cpu_count", lambda: 4)
+    timings = tmp_path / "executed" / "ci" / "timings.json"
+    timings.parent.mkdir(parents=True)
+    timings.write_text('{"01_x.ipynb": 5.0, "09_other.ipynb": 7.0}')   # an earlier one-at-a-time run
     results = book.execute("ci", jobs=2)
     assert [r.notebook for r in results] == ["01_x.ipynb", "02_x.ipynb", "03_x.ipynb"]
+    # the benchmark must not pair these executed copies with a time measured on another execution
+    assert json.loads(timings.read_text()) == {"09_other.ipynb": 7.0}
     for r in results:
         assert "threads 2" in nbformat.read(r.output, as_version=4).cells[-1].outputs[0].text
 
