@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import re
 import sys
+import tomllib  # the test suite runs on Python 3.11+ (the Makefile's python3); never a skip
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,6 @@ def _canonical(name: str) -> str:
 
 
 def declared() -> set[str]:
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     specs = list(project["dependencies"]) + [d for extra in project.get("optional-dependencies", {}).values()
                                              for d in extra]

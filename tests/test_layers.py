@@ -4,6 +4,7 @@ docstring), and every import inside the package points down its layers (so there
 from __future__ import annotations
 
 import ast
+import tomllib  # the test suite runs on Python 3.11+ (the Makefile's python3); never a skip
 from pathlib import Path
 
 import pytest
@@ -87,7 +88,5 @@ def test_the_package_never_imports_the_book_tooling(repo: Path) -> None:
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
             bad += [f"{path.name}:{node.lineno} imports {n}" for n in names if n.split(".")[0] == "tools"]
     assert not bad, bad
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-
     declared = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     assert declared == ["transfer_utils"], f"pyproject installs {declared}: the tooling must stay out"
