@@ -32,6 +32,9 @@ def test_every_chapter_runs_and_every_failure_is_reported(tmp_path: Path, monkey
     monkeypatch.setattr(book, "notebooks", lambda: chapters)
     monkeypatch.setattr(book, "executed_dir", lambda scale: tmp_path / "executed" / scale)
     monkeypatch.setattr(book, "source_commit", lambda: None)  # these notebooks have no Colab set-up cell
+    timings = tmp_path / "executed" / "ci" / "timings.json"
+    timings.parent.mkdir(parents=True)
+    timings.write_text('{"01_fails.ipynb": 3.0}')   # the time of an earlier, successful run
     with pytest.raises(book.ChaptersFailed) as caught:
         book.execute("ci", jobs=jobs)
     assert set(caught.value.failures) == {"01_fails.ipynb", "03_fails_too.ipynb"}
@@ -40,9 +43,9 @@ def test_every_chapter_runs_and_every_failure_is_reported(tmp_path: Path, monkey
     done = nbformat.read(tmp_path / "executed" / "ci" / "02_fine.ipynb", as_version=4)
     assert "scale ci" in done.cells[-1].outputs[0].text
     # Only a one-at-a-time run records the chapter's time for the benchmark: side by side, two
-    # chapters share the cores and the time is not the chapter's own.
-    timings = tmp_path / "executed" / "ci" / "timings.json"
-    assert timings.is_file() == (jobs == 1)
+    # chapters share the cores and the time is not the chapter's own. A failed chapter has no time, and
+    # the earlier run's must not stand for the copy that failed.
+    assert set(json.loads(timings.read_text())) == ({"02_fine.ipynb"} if jobs == 1 else set())
 
 
 def test_side_by_side_chapters_share_the_cores_and_return_in_chapter_order(tmp_path: Path,
