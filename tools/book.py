@@ -192,10 +192,11 @@ def execute(scale: str, names: list[str] | None = None, timeout: int | None = No
         threads = None if "OMP_NUM_THREADS" in os.environ else max(1, (os.cpu_count() or 1) // jobs)
         print(f"[book] {len(chosen)} chapters, {jobs} at a time ({threads or os.environ['OMP_NUM_THREADS']} "
               "thread(s) each); their times are not written to timings.json", flush=True)
+        queue = _longest_first(chosen, scale)
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(_execute_one, str(nb), str(out_dir / nb.name), scale, timeout, commit, threads)
-                       for nb in _longest_first(chosen, scale)]
-            for nb, future in zip(_longest_first(chosen, scale), futures):
+                       for nb in queue]
+            for nb, future in zip(queue, futures):
                 try:
                     done.append(future.result())
                 except Exception as err:  # noqa: BLE001 - a worker that died (killed, out of memory) is a failure too
