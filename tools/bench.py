@@ -84,6 +84,9 @@ HEADLINES: dict[str, dict[str, str]] = {
         "base_ratio": "time per training step, BERT-base size vs the chapter's model (x)",
         "text_ece_before": "shipped text classifier: ECE before temperature scaling",
         "text_ece_after": "shipped text classifier: ECE after temperature scaling",
+        "text_ece_change_sd": "its ECE change: bootstrap standard deviation (number)",
+        "text_nll_before": "its test cross-entropy before temperature scaling (number)",
+        "text_nll_after": "its test cross-entropy after temperature scaling (number)",
     },
     "07_applications.ipynb": {
         "da_so_target": "Flowers-17 colour -> shifted target, source only",
