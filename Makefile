@@ -76,22 +76,12 @@ chromium:
 	  { echo "== installing Chromium (headless checks of the built HTML)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-# Two things run beside the main job, each with its own log (printed when it ends): the Colab-like
-# venv is installed while the fast lane runs (uv mostly waits on the disk), and the Colab mimic (a fresh
-# venv, pip installing this package from git, one short chapter) runs beside the chapters.
 test: assets chromium
-	@mkdir -p _build
 	@echo "== fast lane: unit tests (no chapter execution, no book build); a failure here stops the run"
-	@echo "   (meanwhile: the Colab-like venv, log in _build/compat-venv.log)"
-	@$(MAKE) --no-print-directory compat-venv COMPAT=colab > _build/compat-venv.log 2>&1 & venv=$$!; \
-	  $(PY) -m pytest -m "not notebooks and not book and not colab" $(PYTEST_ARGS); fast=$$?; \
-	  wait $$venv || { echo "== the Colab-like venv failed:"; cat _build/compat-venv.log; exit 1; }; exit $$fast
-	@echo "== slow lane: each chapter executed once at CI scale, the book with -W, the HTML; beside it the Colab mimic"
-	@MIRROR="$(MIRROR)" $(PY) -m pytest -m colab -p no:cacheprovider --basetemp=_build/colab-tmp $(PYTEST_ARGS) \
-	    > _build/colab-test.log 2>&1 & colab=$$!; \
-	  MIRROR="$(MIRROR)" $(PY) -m pytest -m "notebooks or book" --durations=15 $(PYTEST_ARGS); slow=$$?; \
-	  wait $$colab; mimic=$$?; echo "== the Colab mimic (_build/colab-test.log):"; cat _build/colab-test.log; \
-	  exit $$(( slow || mimic ))
+	$(PY) -m pytest -m "not notebooks and not book and not colab" $(PYTEST_ARGS)
+	@echo "== slow lane: each chapter executed once at CI scale, the book with -W, the HTML, the Colab mimic"
+	$(MAKE) compat-venv COMPAT=colab
+	MIRROR="$(MIRROR)" $(PY) -m pytest -m "notebooks or book or colab" --durations=15 $(PYTEST_ARGS)
 
 lab: assets
 	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
