@@ -177,6 +177,26 @@ def test_collect_keeps_what_was_not_executed_again_and_says_which_version_each_s
     assert "(measured on this version" in bench.time_phrase([res], notebook.name, notebook)
 
 
+def test_collect_skips_copies_that_were_not_timed_one_at_a_time(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A copy from a side-by-side run (``--jobs 2``, as the tests execute) sits beside the timed ones but
+    is not in timings.json: its time was shared, so it must not replace the chapter's measurement (it
+    used to write ``None`` seconds and that run's values over the entry)."""
+    results = tmp_path / "results"
+    results.mkdir()
+    kept = {"seconds": {"ci": 30.0}, "backbone": {"ci": "resnet18"}, "values": {"ci": {"ours_acc": 0.7}},
+            "source_sha256": {"ci": "measured"}}
+    (results / "box.json").write_text(json.dumps({"label": "box", "machine": {}, "chapters": {
+        "05_resnet_case_study.ipynb": kept}}))
+    folder = _executed(tmp_path, "ci", 0.5, 99.0)
+    (folder / "timings.json").write_text(json.dumps({"01_when_transfer_helps.ipynb": 20.5}))   # chapter 5 not listed
+    nbformat.write(new_notebook(cells=[new_code_cell("y = 1")]), folder / "01_when_transfer_helps.ipynb")
+    res = json.loads(bench.collect("box", executed=tmp_path / "executed", out_dir=results).read_text())
+    assert res["chapters"]["05_resnet_case_study.ipynb"] == kept
+    assert res["chapters"]["01_when_transfer_helps.ipynb"]["seconds"] == {"ci": 20.5}
+    assert "ci/05_resnet_case_study.ipynb: not timed one at a time" in capsys.readouterr().out
+
+
 def test_collect_records_the_version_that_ran_not_todays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A chapter edited after it was executed: the measurement belongs to the executed version, and
     the header must say it is of an earlier one."""

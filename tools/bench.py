@@ -153,7 +153,9 @@ def collect(label: str, executed: Path | None = None, out_dir: Path | None = Non
 
     A chapter (or a scale of it) that was not executed this time keeps what ``<label>.json`` already
     held, with the digest of the version it measured (``source_sha256`` per scale), so that the
-    headers can say which measurements are of today's chapter and which are older."""
+    headers can say which measurements are of today's chapter and which are older. So does an executed
+    copy that ``timings.json`` does not list: it ran side by side with another chapter, or failed, and
+    its time is not its own (:func:`tools.book.execute`); it is named, and left out."""
     import nbformat
 
     from transfer_utils.report import read_glued
@@ -179,11 +181,16 @@ def collect(label: str, executed: Path | None = None, out_dir: Path | None = Non
             path = executed / scale / name
             if not path.is_file():
                 continue
+            if name not in timings:
+                print(f"[bench] {scale}/{name}: not timed one at a time (timings.json does not list it); "
+                      f"its earlier entry is kept. Run `python -m tools.book execute --scale {scale} --only {name}`",
+                      flush=True)
+                continue
             nb = nbformat.read(path, as_version=4)
             glued = read_glued(nb)
             backbone = re.search(r"^(?:backbone|text model): (\S+)", _outputs_text(nb), re.M)
             entry = chapters.setdefault(name, {"seconds": {}, "backbone": {}, "values": {}})
-            entry["seconds"][scale] = round(float(timings[name]), 1) if name in timings else None
+            entry["seconds"][scale] = round(float(timings[name]), 1)
             entry["backbone"][scale] = backbone.group(1) if backbone else None
             entry["values"][scale] = {k: float(glued[k]) for k in headlines if k in glued}
             entry.setdefault("source_sha256", {})[scale] = chapter_digest(path)   # the version that ran
