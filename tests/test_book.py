@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.book
+# One pytest-xdist worker builds the book and checks it (the builds share _build/ and must not run side
+# by side); `make test` runs the Colab mimic in the other worker meanwhile (--dist loadgroup).
+pytestmark = [pytest.mark.book, pytest.mark.xdist_group("book")]
 
 
 def _toc_pages() -> list[str]:
