@@ -84,11 +84,8 @@ test: assets chromium
 	@echo "== fast lane: unit tests (no chapter execution, no book build); a failure here stops the run"
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(FAST_JOBS) -m "not notebooks and not book and not colab" $(PYTEST_ARGS)
 	@echo "== slow lane: each chapter executed once at CI scale, the book with -W, the HTML, the Colab mimic"
-	@# Two pytest workers (--dist loadgroup hands out tests in file order): the first executes the chapters, two
-	@# side by side, once for both (tests/conftest.py); the second waits for them and then builds and checks the
-	@# book (single-threaded) while the first runs the Colab mimic (single-threaded) and reads the results.
 	$(MAKE) compat-venv COMPAT=colab
-	MIRROR="$(MIRROR)" $(PY) -m pytest -n 2 --dist loadgroup -m "notebooks or book or colab" --durations=15 $(PYTEST_ARGS)
+	MIRROR="$(MIRROR)" $(PY) -m pytest -m "notebooks or book or colab" --durations=15 $(PYTEST_ARGS)
 
 lab: assets
 	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)

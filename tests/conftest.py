@@ -20,18 +20,10 @@ def repo() -> Path:
 
 
 @pytest.fixture(scope="session")
-def executed_notebooks(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dict[str, Path]:
+def executed_notebooks() -> dict[str, Path]:
     """Execute every chapter at CI scale (papermill), two side by side (``BOOK_JOBS``; 611 s against
-    801 s one at a time in a fresh clone on 2 cores); a failing cell fails the session fixture.
-
-    Once per test session, also when pytest-xdist runs the tests in several workers (``make test``'s
-    slow lane, where the book's build and the Colab mimic, both single-threaded, then run side by side):
-    ``book.execute_once`` lets the first worker execute them and the others read the outcome."""
-    jobs = int(os.environ.get("BOOK_JOBS", "2"))
-    if worker_id == "master":  # no xdist
-        results = book.execute("ci", jobs=jobs)
-    else:  # the parent of every worker's base temp folder is this session's
-        results = book.execute_once("ci", tmp_path_factory.getbasetemp().parent, jobs=jobs)
+    801 s one at a time in a fresh clone on 2 cores); a failing cell fails the session fixture."""
+    results = book.execute("ci", jobs=int(os.environ.get("BOOK_JOBS", "2")))
     return {r.notebook: Path(r.output) for r in results}
 
 

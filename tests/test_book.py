@@ -12,9 +12,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-# One pytest-xdist worker builds the book and checks it (the builds share _build/ and must not run side
-# by side); `make test` runs the Colab mimic in the other worker meanwhile (--dist loadgroup).
-pytestmark = [pytest.mark.book, pytest.mark.xdist_group("book")]
+pytestmark = pytest.mark.book
 
 
 def _toc_pages() -> list[str]:

@@ -4,7 +4,6 @@ time limit turns a slow machine into a failure."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import nbformat
@@ -110,47 +109,3 @@ def test_staging_again_touches_only_what_changed(tmp_path: Path) -> None:
     assert not (target / "gone.md").exists()
     book._sync({Path("a.md"): b"same"}, target)
     assert not (target / "sub").exists()
-
-
-def _needs_chapters(shared: str, out: str) -> None:
-    """One of several processes (as pytest-xdist workers are) that need the executed chapters."""
-    try:
-        got = [r.output for r in book.execute_once("ci", Path(shared))]
-    except Exception as err:  # noqa: BLE001 - what this process saw, for the test to read
-        got = f"{type(err).__name__}: {err}"
-    Path(out).write_text(json.dumps(got))
-
-
-@pytest.mark.parametrize("fails", [False, True])
-def test_side_by_side_test_workers_execute_the_chapters_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                              fails: bool) -> None:
-    """Three processes ask at once: one executes, the others wait and read its outcome; a failure is
-    reported by every one of them, and the chapters are not executed again."""
-    import multiprocessing
-    import time
-
-    calls = tmp_path / "calls"
-
-    def fake_execute(scale: str, jobs: int = 1, **kwargs: object) -> list[book.Execution]:
-        with calls.open("a") as f:
-            f.write(f"{os.getpid()}\n")
-        time.sleep(1.0)  # long enough for the others to be waiting on the lock
-        if fails:
-            raise book.ChaptersFailed({"04_fine_tuning.ipynb": "ValueError: boom"})
-        return [book.Execution("01_x.ipynb", str(tmp_path / "01_x.ipynb"), 1.0)]
-
-    monkeypatch.setattr(book, "execute", fake_execute)
-    fork = multiprocessing.get_context("fork")  # the children inherit the fake
-    workers = [fork.Process(target=_needs_chapters, args=(str(tmp_path), str(tmp_path / f"seen{i}.json")))
-               for i in range(3)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(60)
-    assert len(calls.read_text().split()) == 1
-    seen = [json.loads((tmp_path / f"seen{i}.json").read_text()) for i in range(3)]
-    if fails:
-        assert sum(s.startswith("ChaptersFailed") for s in seen) == 1
-        assert sum("failed in another process" in s and "04_fine_tuning.ipynb: ValueError: boom" in s for s in seen) == 2
-    else:
-        assert seen == [[str(tmp_path / "01_x.ipynb")]] * 3

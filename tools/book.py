@@ -211,27 +211,6 @@ def execute(scale: str, names: list[str] | None = None, timeout: int | None = No
     return [Execution(name, str(out_dir / name), seconds) for name, seconds, _ in sorted(done, key=lambda d: order[d[0]])]
 
 
-def execute_once(scale: str, shared: Path, jobs: int = 1) -> list[Execution]:
-    """:func:`execute` once for several processes that need the same executed chapters (the workers of
-    a pytest-xdist session): the first to get the lock in ``shared`` executes and writes the outcome
-    (the executed copies, or why they failed) to ``shared``; the others wait for the lock and read it,
-    so a failure is reported by every process that needed the chapters, and nothing runs twice."""
-    from filelock import FileLock
-
-    outcome = shared / f"executed-{scale}.json"
-    with FileLock(str(shared / f"executed-{scale}.lock")):
-        if not outcome.is_file():
-            try:
-                atomic_write_json(outcome, {"executions": [asdict(r) for r in execute(scale, jobs=jobs)]})
-            except Exception as err:
-                atomic_write_json(outcome, {"error": f"{type(err).__name__}: {err}"})
-                raise
-    done = json.loads(outcome.read_text())
-    if "error" in done:
-        raise RuntimeError(f"the chapters failed in another process: {done['error']}")
-    return [Execution(**r) for r in done["executions"]]
-
-
 EDITIONS = ("full", "student")
 
 
