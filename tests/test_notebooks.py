@@ -232,6 +232,8 @@ def test_fine_tuning_results(executed_notebooks: dict[str, Path]) -> None:
     assert ("nothing to fix" in lpft_verdict) == (not lost), lpft_verdict
     assert ("**is** the fix" in lpft_verdict) == (bool(lost) and fixed), lpft_verdict
     assert ("**not** the fix" in lpft_verdict) == (bool(lost) and not fixed), lpft_verdict
+    closed = [k for k in lost if num[f"rob_lpft_{k}_val"] >= num[f"rob_probe_{k}_val"]]
+    assert ("closes the gap on" in lpft_verdict) == (0 < len(closed) < len(lost)), lpft_verdict   # one set of two
     less = sum(num[f"rob_moved1_lpft_{k}"] < num[f"rob_moved1_ft_{k}"] for k in ("ants", "flowers"))
     assert _glued_markdown(nb, "rob_moved_verdict").startswith({2: "on both", 1: "on ", 0: "on neither"}[less])
     assert ("keeps the averaged" in _glued_markdown(nb, "rob_bn_verdict")) == (num["rob_wise_midbn_val"] < num["rob_wise_mid_val"])
@@ -329,6 +331,9 @@ def test_resnet_case_study_results(executed_notebooks: dict[str, Path]) -> None:
     assert ("does **not**" in _glued_markdown(nb, "ece_verdict")) == (after >= before), (before, after)
     heldout = float(glued["ece_heldout"])
     assert ("does **not**" in _glued_markdown(nb, "heldout_verdict")) == (heldout >= before), (before, heldout)
+    if heldout >= before:   # the reason given is read from the two temperatures: a smaller T sharpens
+        sharper = float(glued["temperature_heldout"]) < temperature
+        assert ("sharpens" in _glued_markdown(nb, "heldout_verdict")) == sharper, glued["temperature_heldout"]
     met = float(glued["ours_acc"]) >= 0.93 and speedup >= 5
     assert _glued_markdown(nb, "benchmark_verdict").startswith("**meets**" if met else "**does not meet**")
 

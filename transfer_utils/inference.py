@@ -183,7 +183,9 @@ def predict(classifier: Classifier, images: Sequence[str | Path | Image.Image], 
     resized by the classifier's own :class:`~transfer_utils.data.Preprocessing`. With
     ``tta=True``, average the probabilities of each image and its mirror image (test-time
     augmentation). The probabilities are ``softmax(logits / classifier.temperature)``: a
-    temperature fitted on held-out data (chapter 5) makes them honest; it never changes the label.
+    temperature fitted on held-out data (chapter 5) is meant to make them honest (check it on other
+    held-out data). It never changes the label of one view; with ``tta=True`` and more than two classes
+    the label of the averaged probabilities can depend on it (with two classes it cannot).
 
     An unreadable image raises :class:`DataError` naming it (``on_error="raise"``, the default).
     With ``on_error="skip"`` it is left out: the result holds the other images' predictions
